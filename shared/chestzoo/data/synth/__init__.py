@@ -1,0 +1,1 @@
+"""Synthetic datasets in the official layouts, with learnable signal (see :mod:`.phantom`)."""
