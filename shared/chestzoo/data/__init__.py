@@ -4,16 +4,20 @@ from .datalist import check_patient_disjoint, load_datalist, split_of, write_dat
 from .errors import DataError
 from .io import LoadChestImaged, read_image, read_mask, window
 from .registry import DATASETS, prepare, synth
+from .screen import UnreadableFiles, check_file, screen_items
 
 __all__ = [
     "DATASETS",
     "DataError",
     "LoadChestImaged",
+    "UnreadableFiles",
+    "check_file",
     "check_patient_disjoint",
     "load_datalist",
     "prepare",
     "read_image",
     "read_mask",
+    "screen_items",
     "split_of",
     "synth",
     "window",

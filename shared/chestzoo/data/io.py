@@ -16,6 +16,7 @@ LUT sequences, VOI windows, MONOCHROME1) is added here. Any failure becomes a :c
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -52,6 +53,13 @@ class ChestDicomReader(PydicomReader):
         kwargs.setdefault("swap_ij", False)
         super().__init__(**kwargs)
         self.modality = modality
+
+    def get_data(self, data):
+        # A radiograph has no ImagePositionPatient/ImageOrientationPatient; the identity affine MONAI warns about is
+        # what a 2-D projection image wants, so that warning is noise here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
+            return super().get_data(data)
 
     def _get_array_data(self, img, filename):
         pixels = img.pixel_array
