@@ -32,7 +32,9 @@ class ChestZoo:
         """Synthetic data, then every bundle trained, evaluated and run for inference, then a report in OUT/report.md."""
         from .demo import run_demo
 
-        report = run_demo(out, bundles=bundles.split(",") if isinstance(bundles, str) else bundles, fast=fast)
+        if isinstance(bundles, str):
+            bundles = bundles.split(",")
+        report = run_demo(out, bundles=list(bundles) if bundles else None, fast=fast)
         print(f"report: {report}")
 
 
