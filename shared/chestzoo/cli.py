@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import fire
 
-from .data import registry
+from .data import DataError, registry
 
 
 class ChestZoo:
@@ -40,7 +41,11 @@ class ChestZoo:
 
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fire.Fire(ChestZoo, name="chestzoo")
+    try:
+        fire.Fire(ChestZoo, name="chestzoo")
+    except DataError as exc:  # bad input is the user's to fix: one line naming the file, not a traceback
+        print(f"chestzoo: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,10 @@ def read_image(path: str | os.PathLike, modality: str = "xray") -> np.ndarray:
         raise DataError(path, "image file is empty")
     kind = _format_of(path)
     try:
-        array = np.asarray(_LOADERS.get(kind, modality)(path))
+        with warnings.catch_warnings():
+            # PIL hands MONAI a read-only buffer; torch warns about it although nothing writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            array = np.asarray(_LOADERS.get(kind, modality)(path))
     except DataError:
         raise
     except Exception as exc:  # decoding errors of every reader library end here, re-raised with the file name
