@@ -41,6 +41,8 @@ def test_png_8bit_is_scaled_rows_first(tmp_path):
 def test_png_16bit_rgba_and_jpeg(tmp_path):
     Image.fromarray(RAMP.astype(np.uint16) * 257).save(tmp_path / "b.png")
     np.testing.assert_allclose(read_image(tmp_path / "b.png"), RAMP / 255.0, atol=1e-5)
+    Image.fromarray(RAMP.astype(np.uint16) * 16).save(tmp_path / "b12.png")  # 12-bit values in a 16-bit PNG
+    np.testing.assert_allclose(read_image(tmp_path / "b12.png"), RAMP.astype(np.float32) * 16 / 4095.0, atol=1e-5)
     Image.fromarray(RAMP).convert("RGBA").save(tmp_path / "c.png")
     np.testing.assert_allclose(read_image(tmp_path / "c.png"), RAMP / 255.0, atol=1 / 255)
     Image.fromarray(RAMP).save(tmp_path / "d.jpg", quality=100)

@@ -3,7 +3,7 @@
 Conventions (see DESIGN.md):
 - arrays are channel-first ``(C, H, W)`` in numpy/torchvision order, so a box ``[x_min, y_min, x_max, y_max]``
   in pixels covers ``image[..., y_min:y_max, x_min:x_max]``;
-- X-rays come out as float32 in [0, 1]: 8-bit PNG/JPEG / 255, 16-bit / 65535, colour and alpha images turned grey;
+- X-rays come out as float32 in [0, 1]: 8-bit PNG/JPEG / 255, 16-bit / 65535 (/ 4095 when all values fit 12 bits), colour and alpha images turned grey;
   DICOM through the modality LUT, then the VOI window when the file has one (else the stored-bit range), with
   MONOCHROME1 inverted so that dense tissue is always bright;
 - CT slices come out in Hounsfield units (modality LUT); windowing is a separate step (:func:`window`);
@@ -166,7 +166,11 @@ def _scale_pil(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8 or array.dtype == bool:
         return array.astype(np.float32) / 255.0
     if array.dtype in (np.uint16, np.int32, np.int16, np.uint32):
-        return np.clip(array.astype(np.float32) / 65535.0, 0.0, 1.0)
+        # Radiographs often hold 12-bit detector values in 16-bit PNGs (NLM describes the Montgomery set as 12-bit):
+        # scaling those by 65535 would leave the image nearly black, so a 16-bit image whose values all fit in
+        # 12 bits is scaled by 4095.
+        full = 4095.0 if int(array.max()) <= 4095 else 65535.0
+        return np.clip(array.astype(np.float32) / full, 0.0, 1.0)
     return array.astype(np.float32)
 
 
