@@ -5,7 +5,15 @@ from collections import Counter
 
 import pytest
 
-from chestzoo.data import DataError, check_patient_disjoint, load_datalist, split_of, write_datalist
+from chestzoo.data import (
+    DataError,
+    assign_splits,
+    check_patient_disjoint,
+    load_datalist,
+    parse_fractions,
+    split_of,
+    write_datalist,
+)
 
 
 def test_split_is_stable_and_proportional():
@@ -43,3 +51,24 @@ def test_patient_in_two_splits_is_refused(tmp_path):
 def test_missing_datalist_says_how_to_make_one(tmp_path):
     with pytest.raises(DataError, match="chestzoo prepare"):
         load_datalist(tmp_path / "none.json", "training")
+
+
+def test_assign_splits_leaves_no_split_empty_within_each_class():
+    patients = [f"p{i}" for i in range(12)]
+    label = {p: i % 2 for i, p in enumerate(patients)}
+    for seed in range(20):
+        split = assign_splits(patients, (0.7, 0.1, 0.2), seed, strata=label)
+        for cls in (0, 1):
+            assert {split[p] for p in patients if label[p] == cls} == {"training", "validation", "test"}
+
+
+def test_assign_splits_keeps_hash_answer_for_large_sets():
+    patients = [f"p{i}" for i in range(2000)]
+    split = assign_splits(patients, "0.7,0.1,0.2", seed=1)
+    assert all(split[p] == split_of(p, (0.7, 0.1, 0.2), 1) for p in patients)
+
+
+def test_parse_fractions_from_command_line():
+    assert parse_fractions("(0.6, 0.2, 0.2)") == (0.6, 0.2, 0.2)
+    with pytest.raises(ValueError):
+        parse_fractions("0.6,0.2")

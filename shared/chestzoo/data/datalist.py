@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 from .errors import DataError
 
@@ -28,6 +28,49 @@ def split_of(patient: str, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: i
         if u < edge:
             return name
     return names[-1]
+
+
+def parse_fractions(value, count: int = 3) -> tuple[float, ...]:
+    """Split shares from a sequence or from the command line's ``'0.7,0.1,0.2'``, checked to add up to 1."""
+    if isinstance(value, str):
+        value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+    fractions = tuple(float(v) for v in value)
+    if len(fractions) != count or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"expected {count} non-negative split fractions adding up to 1, got {fractions}")
+    return fractions
+
+
+def assign_splits(
+    patients: Iterable[str],
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    names: Sequence[str] = SPLITS,
+    strata: Mapping[str, Hashable] | None = None,
+) -> dict[str, str]:
+    """Patient -> split, by :func:`split_of`, with no split left empty that should have patients.
+
+    A hash split of a handful of patients can leave a split empty; then one patient (chosen by hash) moves there
+    from the largest split. With ``strata`` (patient -> class, e.g. the label) this holds within every class, so
+    small sets keep positives and negatives in each split. With enough patients nothing moves and every patient
+    keeps ``split_of``'s answer.
+    """
+    fractions = parse_fractions(fractions, len(names))
+    patients = sorted(set(patients))
+    groups: dict[Hashable, list[str]] = {}
+    for patient in patients:
+        groups.setdefault(strata[patient] if strata is not None else None, []).append(patient)
+    assignment = {p: split_of(p, fractions, seed, names) for p in patients}
+    for members in groups.values():
+        for name, fraction in zip(names, fractions):
+            by_split = {n: [p for p in members if assignment[p] == n] for n in names}
+            if fraction <= 0 or by_split[name]:
+                continue
+            donor = max(names, key=lambda n: len(by_split[n]))
+            if len(by_split[donor]) < 2:
+                continue
+            moved = min(by_split[donor], key=lambda p: hashlib.sha256(f"{seed}:{name}:{p}".encode()).digest())
+            assignment[moved] = name
+    return assignment
 
 
 def relative_paths(item: dict, keys: Iterable[str], base: str) -> dict:

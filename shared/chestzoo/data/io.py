@@ -22,7 +22,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import pydicom
 from monai.data import NibabelReader, PILReader, PydicomReader
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import MapTransform
 from pydicom.pixels import apply_modality_lut
 
 from .errors import DataError
@@ -98,26 +98,34 @@ def _suffix(path: str) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
 
 
-class _Loaders:
-    """One ``LoadImage`` per (format, modality), built on first use."""
+class _Readers:
+    """One MONAI reader per (format, modality), built on first use.
+
+    The reader is called directly rather than through ``LoadImage``: on a corrupt file ``LoadImage`` retries every
+    other registered reader (importing ITK on the way), which is slow and buries the real error.
+    """
 
     def __init__(self):
-        self._cache: dict[tuple[str, str], LoadImage] = {}
+        self._cache: dict[tuple[str, str], object] = {}
 
-    def get(self, kind: str, modality: str) -> LoadImage:
+    def get(self, kind: str, modality: str):
         key = (kind, modality)
         if key not in self._cache:
             if kind == "pil":
-                reader = PILReader(converter=_to_grey, reverse_indexing=False)
+                self._cache[key] = PILReader(converter=_to_grey, reverse_indexing=False)
             elif kind == "dicom":
-                reader = ChestDicomReader(modality="ct" if modality == "ct" else "xray")
+                self._cache[key] = ChestDicomReader(modality="ct" if modality == "ct" else "xray")
             else:
-                reader = NibabelReader()
-            self._cache[key] = LoadImage(reader=reader, image_only=True, dtype=None)
+                self._cache[key] = NibabelReader()
         return self._cache[key]
 
+    def read(self, path: str, kind: str, modality: str) -> np.ndarray:
+        reader = self.get(kind, modality)
+        array, _ = reader.get_data(reader.read(path))
+        return np.asarray(array)
 
-_LOADERS = _Loaders()
+
+_READERS = _Readers()
 
 
 def _format_of(path: str) -> str:
@@ -142,10 +150,7 @@ def read_image(path: str | os.PathLike, modality: str = "xray") -> np.ndarray:
         raise DataError(path, "image file is empty")
     kind = _format_of(path)
     try:
-        with warnings.catch_warnings():
-            # PIL hands MONAI a read-only buffer; torch warns about it although nothing writes to it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            array = np.asarray(_LOADERS.get(kind, modality)(path))
+        array = _READERS.read(path, kind, modality)
     except DataError:
         raise
     except Exception as exc:  # decoding errors of every reader library end here, re-raised with the file name

@@ -38,7 +38,7 @@ import numpy as np
 import pydicom
 
 from ..utils import as_bool
-from .datalist import SPLITS, split_of, write_datalist
+from .datalist import SPLITS, assign_splits, write_datalist
 from .errors import DataError
 from .io import LUNG_WINDOW
 from .labels import LUNG_CT_CLASSES
@@ -317,7 +317,7 @@ def prepare(
     """Write the Lung-PET-CT-Dx datalist (default ``ROOT/datalist.json``) and return a summary.
 
     ``annotations`` is the XML release's ``Annotation`` folder (or the folder holding it); by default one is looked
-    for under ``root``. Patients are split by a hash of their ID (``fractions`` for training, validation, test).
+    for under ``root``. Patients are split by a hash of their ID (no split left empty) (``fractions`` for training, validation, test).
     With ``strict`` (the default) an XML naming a SOPInstanceUID that matches no CT slice of its patient is an
     error; ``strict=False`` leaves such XMLs out and counts them in the summary.
     """
@@ -369,8 +369,9 @@ def prepare(
         "window": list(LUNG_WINDOW),
         **{split: [] for split in SPLITS},
     }
+    split_of_patient = assign_splits(by_patient, fractions, seed)
     for patient in sorted(by_patient):
-        datalist[split_of(patient, fractions, seed)].extend(by_patient[patient])
+        datalist[split_of_patient[patient]].extend(by_patient[patient])
     path = write_datalist(datalist, out, file_keys=("image",))
     summary = {
         "datalist": path,

@@ -25,7 +25,7 @@ import re
 
 from PIL import Image
 
-from .datalist import SPLITS, split_of, write_datalist
+from .datalist import SPLITS, assign_splits, write_datalist
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike | None = None, seed:
         **{split: [] for split in SPLITS},
     }
     seen: dict[str, str] = {}
+    items = []
     for name in names:
         image = os.path.join(image_dir, name)
         match = IMAGE_NAME.fullmatch(name)
@@ -101,8 +102,11 @@ def prepare(root: str | os.PathLike, out: str | os.PathLike | None = None, seed:
             if mask_size != size:
                 sizes = f"{mask_size[0]}x{mask_size[1]} but its image {name} is {size[0]}x{size[1]}"
                 raise DataError(mask, f"{channel} mask is {sizes}")
-        item = {"image": image, "patient": patient, "mask": masks, "label": label}
-        datalist[split_of(patient, fractions, seed)].append(item)
+        items.append({"image": image, "patient": patient, "mask": masks, "label": label})
+    # stratified by label, so that small sets keep normal and TB films in every split
+    split_of_patient = assign_splits(seen, fractions, seed, strata={i["patient"]: i["label"] for i in items})
+    for item in items:
+        datalist[split_of_patient[item["patient"]]].append(item)
     path = write_datalist(datalist, out, file_keys=("image", "mask"))
     summary = {
         "datalist": path,

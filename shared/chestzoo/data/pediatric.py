@@ -22,11 +22,10 @@ Items: ``{"image", "patient", "label": 0 (NORMAL) | 1 (PNEUMONIA)}``; top-level 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
-from .datalist import write_datalist
+from .datalist import assign_splits, write_datalist
 from .errors import DataError
 from .labels import PEDIATRIC_CLASSES
 from ..utils import as_bool
@@ -98,26 +97,15 @@ def _items(chest_xray: str, official: str, namespace: str = "") -> list[dict]:
 
 
 def validation_patients(items: list[dict], fraction: float, seed: int) -> set[str]:
-    """Patients drawn into validation: ``fraction`` of each class's patients (at least one where a class has two).
+    """Patients drawn into validation: ``fraction`` of the patients, stratified by class (no class left out).
 
-    A patient counts as PNEUMONIA if any of their images is. Within a class, patients are ranked by a hash of
-    (seed, patient id), so the choice depends on nothing else and is the same on every machine.
+    A patient counts as PNEUMONIA if any of their images is.
     """
     label_of: dict[str, int] = {}
     for item in items:
         label_of[item["patient"]] = max(label_of.get(item["patient"], 0), item["label"])
-    chosen: set[str] = set()
-    for label in range(len(PEDIATRIC_CLASSES)):
-        group = sorted((p for p, lab in label_of.items() if lab == label), key=lambda p: _rank(p, seed))
-        count = round(fraction * len(group))
-        if fraction > 0 and count == 0 and len(group) >= 2:
-            count = 1
-        chosen.update(group[:count])
-    return chosen
-
-
-def _rank(patient: str, seed: int) -> bytes:
-    return hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    split = assign_splits(label_of, (1.0 - fraction, fraction), seed, ("training", "validation"), strata=label_of)
+    return {patient for patient, name in split.items() if name == "validation"}
 
 
 def prepare(

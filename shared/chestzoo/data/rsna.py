@@ -16,7 +16,7 @@ patient into one item::
      "box": [[x_min, y_min, x_max, y_max], ...], "box_label": [0, ...]}
 
 ``label`` indexes the top-level ``labels`` (RSNA_TARGETS), ``class`` indexes ``classes`` (RSNA_CLASSES) and
-``box_label`` indexes ``box_classes`` (["Lung Opacity"]). Splits are patient-wise (:func:`split_of`); the test
+``box_label`` indexes ``box_classes`` (["Lung Opacity"]). Splits are patient-wise (:func:`assign_splits`, stratified by class); the test
 images are listed under ``unlabelled``, which is not a split.
 """
 
@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .datalist import SPLITS, relative_paths, split_of, write_datalist
+from .datalist import SPLITS, assign_splits, parse_fractions, relative_paths, write_datalist
 from .errors import DataError
 from .labels import RSNA_CLASSES, RSNA_TARGETS
 
@@ -179,9 +179,7 @@ def prepare(
     summary: the datalist path and the number of items per split.
     """
     root = os.path.abspath(os.fspath(root))
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"fractions must be three shares >= 0 (training, validation, test) summing to 1: {fractions}")
+    fractions = parse_fractions(fractions)
     stage = find_release(root)
     labels_path = os.path.join(root, f"{stage}_train_labels.csv")
     classes_path = os.path.join(root, f"{stage}_detailed_class_info.csv")
@@ -192,6 +190,8 @@ def prepare(
     read_classes(classes_path, patients, labels_path)
     present = _dicom_names(train_dir)
     datalist: dict = {split: [] for split in SPLITS}
+    # stratified by class, so that even a small set has each RSNA class in every split
+    split_of_patient = assign_splits(patients, fractions, seed, strata={p: v.rsna_class for p, v in patients.items()})
     for pid, patient in patients.items():
         image = os.path.join(train_dir, f"{pid}.dcm")
         if f"{pid}.dcm" not in present:
@@ -205,7 +205,7 @@ def prepare(
             "box": patient.boxes,
             "box_label": [0] * len(patient.boxes),
         }
-        datalist[split_of(pid, fractions, seed)].append(item)
+        datalist[split_of_patient[pid]].append(item)
     for split in SPLITS:
         datalist[split].sort(key=lambda item: item["patient"])
 
