@@ -18,7 +18,37 @@ class BundleRun:
     test_data: dict = field(default_factory=dict)  # synth options for the tests
     test: dict = field(default_factory=dict)  # overrides for every config of the bundle in the tests
     configs: tuple[str, ...] = ("train", "evaluate", "inference")  # run by the demo and the tests, in order
+    net_id: str = "network_def"  # the config id of the network, for verify_net_in_out and TorchScript export
+    torchscript: bool = True  # whether ckpt_export can script the network
 
 
 # One entry per bundle in bundles/<name>.
-BUNDLE_RUNS: dict[str, BundleRun] = {}
+BUNDLE_RUNS: dict[str, BundleRun] = {
+    "cxr14_lse_classification": BundleRun(
+        dataset="nih",
+        # demo target: test mean AUROC >= 0.85 within minutes on a CPU; measured 0.87-0.88, 4-7 minutes with the data
+        # synthesis on a 2-core CPU shared with other jobs (bundles/cxr14_lse_classification/docs/README.md)
+        demo_data={"patients": 300, "size": 64},
+        demo={
+            "backbone": "resnet18",
+            "pretrained": False,
+            "image_size": 64,
+            "batch_size": 16,
+            "learning_rate": 0.001,
+            "max_epochs": 6,
+            "num_workers": 0,
+            "max_images": 8,
+        },
+        test_data={"patients": 16, "size": 64},
+        test={
+            "backbone": "resnet18",
+            "pretrained": False,
+            "image_size": 64,
+            "batch_size": 8,
+            "max_epochs": 1,
+            "num_workers": 0,
+            "max_images": 3,
+            "localization_overlays": 1,
+        },
+    ),
+}

@@ -1,0 +1,224 @@
+"""The checks every bundle passes, joined with one line in ``tests/test_bundle_<name>.py``::
+
+    from bundle_harness import bundle_tests; globals().update(bundle_tests("<name>"))
+
+What runs, for ``BUNDLE_RUNS[name]`` (shared/chestzoo/bundle_runs.py):
+
+- the bundle's files: the Model Zoo's required files, JSON indented with 4 spaces and free of absolute paths,
+  ``version`` a key of ``changelog``, metadata valid against the zoo schema (``monai.bundle.verify_metadata``);
+- ``verify_net_in_out`` on the network of inference.json, with the config's own defaults as the zoo's CI does;
+- every config of ``BundleRun.configs`` (train, evaluate, inference) run in order through ``ConfigWorkflow`` on the
+  bundle's synthetic dataset with the ``BundleRun.test`` overrides, with ``check_properties()`` clean for each
+  (train properties for train configs, inference properties for the others);
+- the command line: ``python -m monai.bundle run training --config_file train.json`` (the older zoo form) and then
+  ``python -m monai.bundle run --config_file inference.json`` on the checkpoint it wrote (two subprocesses in all);
+- TorchScript export of the trained checkpoint with ``ckpt_export`` (unless ``BundleRun.torchscript`` is False),
+  giving the same outputs as the network it came from;
+- nothing written into the repository: checkpoints and outputs go to pytest's temporary folders.
+
+Fixtures a bundle's own tests can use: ``bundle_dataset`` (the prepared synthetic dataset folder) and
+``bundle_outputs`` (``{"ckpt_dir", "output_dir", "dataset_dir"}`` after the in-process runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chestzoo.bundle_runs import BUNDLE_RUNS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = PROJECT_ROOT / "bundles"
+SCHEMA = PROJECT_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+REQUIRED_FILES = (
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "docs/data_license.txt",
+)
+README_SECTIONS = ("overview", "data", "training", "performance", "commands", "references", "licen")
+# a quoted literal in an expression that starts at the file-system root, unless it is appended to something ("+ '/x'")
+_ABSOLUTE_IN_EXPRESSION = re.compile(r"(?<!\+ )(?<!\+)['\"](/[^'\"]*|[A-Za-z]:\\[^'\"]*|~[^'\"]*)['\"]")
+SUBPROCESS_TIMEOUT = 900
+
+
+def workflow_type(config: str) -> str:
+    return "train" if config.startswith("train") else "infer"
+
+
+def cli_value(value) -> str:
+    """An override as ``python -m monai.bundle`` (fire) reads it back into the same Python value."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def absolute_paths(node, where: str = "") -> list[str]:
+    """Every string in a JSON document that names an absolute path (URLs are fine), as 'key: value'."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += absolute_paths(value, f"{where}#{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += absolute_paths(value, f"{where}#{i}")
+    elif isinstance(node, str):
+        if node.startswith("$"):
+            found += [f"{where}: {m}" for m in _ABSOLUTE_IN_EXPRESSION.findall(node)]
+        elif "://" not in node and (os.path.isabs(node) or node.startswith("~") or re.match(r"^[A-Za-z]:\\", node)):
+            found.append(f"{where}: {node}")
+    return found
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def bundle_tests(name: str) -> dict:
+    """The fixtures and tests of the shared bundle checks for bundle ``name``, to be put into a test module's globals."""
+    if name not in BUNDLE_RUNS:
+        raise KeyError(f"no BUNDLE_RUNS entry for {name!r} in chestzoo/bundle_runs.py")
+    run = BUNDLE_RUNS[name]
+    bundle = BUNDLES / name
+    configs = bundle / "configs"
+    meta_file = str(configs / "metadata.json")
+
+    def config_file(config: str) -> str:
+        return str(configs / f"{config}.json")
+
+    @pytest.fixture(scope="module", name="bundle_dataset")
+    def bundle_dataset(synthetic_data):
+        root = synthetic_data(run.dataset, **run.test_data)
+        assert os.path.isfile(os.path.join(root, run.datalist)), f"`chestzoo prepare {run.dataset}` wrote no {run.datalist}"
+        return root
+
+    @pytest.fixture(scope="module", name="bundle_outputs")
+    def bundle_outputs(bundle_dataset, tmp_path_factory):
+        from monai.bundle import ConfigWorkflow
+
+        work = tmp_path_factory.mktemp(f"{name}_run")
+        dirs = {"ckpt_dir": str(work / "models"), "output_dir": str(work / "eval"), "dataset_dir": bundle_dataset}
+        before = _tree(bundle)
+        missing = {}
+        for config in run.configs:
+            workflow = ConfigWorkflow(
+                config_file=config_file(config),
+                meta_file=meta_file,
+                logging_file=False,
+                workflow_type=workflow_type(config),
+                bundle_root=str(bundle),
+                **dirs,
+                **run.test,
+            )
+            workflow.initialize()
+            missing[config] = workflow.check_properties()
+            workflow.run()
+            workflow.finalize()
+        return {**dirs, "missing_properties": missing, "written_into_bundle": sorted(_tree(bundle) - before)}
+
+    def test_required_files():
+        absent = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
+        assert not absent, f"{name} lacks {absent}"
+        readme = (bundle / "docs" / "README.md").read_text().lower()
+        headings = " ".join(line for line in readme.splitlines() if line.startswith("#"))
+        assert not [s for s in README_SECTIONS if s not in headings], f"docs/README.md lacks sections {README_SECTIONS}"
+        assert "apache license" in (bundle / "LICENSE").read_text().lower()
+
+    def test_json_style():
+        for path in sorted(bundle.rglob("*.json")):
+            if "models" in path.relative_to(bundle).parts or "eval" in path.relative_to(bundle).parts:
+                continue
+            text = path.read_text()
+            content = json.loads(text)
+            assert text.rstrip("\n") == json.dumps(content, indent=4, ensure_ascii=False), f"{path.name} is not formatted with 4-space indents"
+            assert not absolute_paths(content), f"{path.name} names absolute paths: {absolute_paths(content)}"
+
+    def test_metadata():
+        from monai.bundle import verify_metadata
+
+        metadata = json.loads((configs / "metadata.json").read_text())
+        assert metadata["version"] in metadata.get("changelog", {}), "version must be a key of changelog"
+        for key in ("inputs", "outputs"):
+            assert key in metadata["network_data_format"]
+        assert metadata["network_data_format"]["inputs"].get("image"), "the network input key must be 'image'"
+        assert metadata["network_data_format"]["outputs"].get("pred"), "the network output key must be 'pred'"
+        if not SCHEMA.is_file():
+            pytest.skip(f"schema file {SCHEMA.name} not found beside the repository (../shared/schemas/); no network to fetch it")
+        verify_metadata(meta_file=meta_file, filepath=str(SCHEMA))
+
+    def test_verify_net_in_out():
+        from monai.bundle import verify_net_in_out
+
+        verify_net_in_out(net_id=run.net_id, meta_file=meta_file, config_file=config_file("inference"), device="cpu", bundle_root=str(bundle))
+
+    def test_workflows_properties_and_outputs(bundle_outputs):
+        for config, missing in bundle_outputs["missing_properties"].items():
+            assert missing == [], f"{config}.json lacks the {workflow_type(config)} properties {missing}"
+        assert os.path.isfile(os.path.join(bundle_outputs["ckpt_dir"], "model.pt")), "training wrote no models/model.pt"
+        assert os.listdir(bundle_outputs["output_dir"]), "evaluation and inference wrote nothing into output_dir"
+        assert bundle_outputs["written_into_bundle"] == [], f"the runs wrote into the bundle: {bundle_outputs['written_into_bundle']}"
+
+    def test_command_line(bundle_dataset, tmp_path):
+        """``run training`` (older form) trains; ``run --config_file inference.json`` (current form) infers with it."""
+        before = _tree(bundle)
+        dirs = {"bundle_root": str(bundle), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), "dataset_dir": bundle_dataset}
+        overrides = [arg for key, value in {**run.test, **dirs}.items() for arg in (f"--{key}", cli_value(value))]
+        commands = {
+            "train": [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file("train")],
+            "inference": [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file("inference")],
+        }
+        for config, command in commands.items():
+            if config not in run.configs:
+                continue
+            done = subprocess.run(command + ["--meta_file", meta_file] + overrides, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=str(tmp_path))
+            assert done.returncode == 0, f"{' '.join(command[2:5])} {config}.json failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        assert os.path.isfile(tmp_path / "models" / "model.pt")
+        assert _tree(bundle) == before, "the command-line runs wrote into the bundle"
+
+    def test_torchscript_export(bundle_outputs, tmp_path):
+        if not run.torchscript:
+            pytest.skip(f"{name} declares its network not scriptable (BundleRun.torchscript=False)")
+        from monai.bundle import ConfigParser, ckpt_export
+        from monai.bundle.scripts import _get_fake_spatial_shape
+
+        ts_file = str(tmp_path / "model.ts")
+        ckpt = os.path.join(bundle_outputs["ckpt_dir"], "model.pt")
+        overrides = {"bundle_root": str(bundle), "dataset_dir": bundle_outputs["dataset_dir"], **run.test}
+        ckpt_export(net_id=run.net_id, filepath=ts_file, ckpt_file=ckpt, meta_file=meta_file, config_file=config_file("inference"), **overrides)
+        scripted = torch.jit.load(ts_file)
+        parser = ConfigParser()
+        parser.read_config(config_file("inference"))
+        parser.read_meta(meta_file)
+        parser.update(overrides)
+        network = parser.get_parsed_content(run.net_id)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
+        network.eval()
+        image = parser.get("_meta_#network_data_format#inputs#image")
+        x = torch.rand(1, image["num_channels"], *_get_fake_spatial_shape(image["spatial_shape"]))
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), network(x), rtol=1e-4, atol=1e-4)
+
+    return {
+        "bundle_dataset": bundle_dataset,
+        "bundle_outputs": bundle_outputs,
+        "test_required_files": test_required_files,
+        "test_json_style": test_json_style,
+        "test_metadata": test_metadata,
+        "test_verify_net_in_out": test_verify_net_in_out,
+        "test_workflows_properties_and_outputs": test_workflows_properties_and_outputs,
+        "test_command_line": test_command_line,
+        "test_torchscript_export": test_torchscript_export,
+    }

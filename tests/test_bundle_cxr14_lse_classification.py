@@ -1,0 +1,211 @@
+"""cxr14_lse_classification: the shared bundle checks, plus what this bundle adds (outputs, resume, learning)."""
+
+from bundle_harness import bundle_tests; globals().update(bundle_tests("cxr14_lse_classification"))  # noqa: E702
+
+import csv
+import json
+import os
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from chestzoo.bundle_runs import BUNDLE_RUNS
+from chestzoo.data.labels import NIH_BOX_LABELS, NIH_LABELS
+from chestzoo.networks import PretrainedWeightsUnavailable
+
+NAME = "cxr14_lse_classification"
+RUN = BUNDLE_RUNS[NAME]
+BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
+CONFIGS = os.path.join(BUNDLE, "configs")
+# the learning test: small synthetic set, small images, a few epochs; these settings measured a test mean AUROC of
+# 0.82, so the bar sits clear of run-to-run noise
+LEARN_DATA = {"patients": 150, "size": 64}
+LEARN = {**RUN.test, "learning_rate": 0.001, "batch_size": 16, "max_epochs": 5, "resume": False}
+LEARN_MIN_AUROC = 0.75
+
+
+def config(name: str) -> str:
+    return os.path.join(CONFIGS, f"{name}.json")
+
+
+def workflow(name: str, **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
+    wf.initialize()
+    return wf
+
+
+def test_evaluation_outputs(bundle_outputs):
+    out = bundle_outputs["output_dir"]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["labels"] == list(NIH_LABELS)
+    assert set(metrics["test"]["per_class"]) == set(NIH_LABELS)
+    assert 0.0 <= metrics["test"]["mean_auroc"] <= 1.0
+    thresholds = json.load(open(os.path.join(out, "thresholds.json")))["thresholds"]
+    assert list(thresholds) == list(NIH_LABELS)
+    rows = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))
+    assert [r["label"] for r in rows] == list(NIH_LABELS) + ["mean"]
+    assert Image.open(os.path.join(out, "roc.png")).size[0] > 100
+    localization = json.load(open(os.path.join(out, "localization.json")))
+    assert localization["images"] > 0, "the synthetic test split has boxed images"
+    assert set(localization["methods"]) == {"lse", "gradcam"}
+    for result in localization["methods"].values():
+        assert result["thresholds"] == pytest.approx([0.1 * k for k in range(1, 10)])
+        assert result["overall"]["n"] > 0 and len(result["overall"]["accuracy"]) == 9
+        assert result["overall"]["accuracy"] == sorted(result["overall"]["accuracy"], reverse=True)
+    assert os.listdir(os.path.join(out, "localization")), "no localisation overlay written"
+
+
+def test_inference_outputs(bundle_outputs):
+    out = bundle_outputs["output_dir"]
+    predictions = json.load(open(os.path.join(out, "predictions.json")))
+    assert predictions["labels"] == list(NIH_LABELS)
+    images = predictions["images"]
+    assert len(images) == RUN.test["max_images"]
+    saved = json.load(open(os.path.join(out, "thresholds.json")))["thresholds"]
+    assert predictions["thresholds"] == pytest.approx([saved[n] for n in NIH_LABELS]), "inference must use the thresholds from evaluation"
+    for record in images:
+        found = {f["label"] for f in record["findings"]}
+        for i, name in enumerate(NIH_LABELS):
+            assert (record["probabilities"][name] >= predictions["thresholds"][i]) == (name in found)
+        for finding in record["findings"]:
+            assert set(finding["overlays"]) == {"lse", "gradcam"}
+            for png in finding["overlays"].values():
+                with Image.open(os.path.join(out, png)) as picture:
+                    assert picture.mode == "RGB" and picture.size == (RUN.test_data["size"],) * 2
+    with open(os.path.join(out, "predictions.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [r["image"] for r in images]
+    assert float(rows[0][NIH_LABELS[0]]) == pytest.approx(images[0]["probabilities"][NIH_LABELS[0]], abs=1e-6)
+
+
+def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
+    from ignite.engine import Events
+
+    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    epochs_run = []
+    for max_epochs in (1, 2):
+        wf = workflow("train", **dirs, **{**RUN.test, "max_epochs": max_epochs})
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        count = []
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: count.append(engine.state.epoch))
+        wf.run()
+        wf.finalize()
+        epochs_run.append(count)
+    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+
+
+def test_eight_label_variant(bundle_dataset):
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser.update({**RUN.test, "dataset_dir": bundle_dataset, "label_set": "box"})
+    assert parser.get_parsed_content("labels") == list(NIH_BOX_LABELS)
+    assert parser.get_parsed_content("network_def").classifier.out_features == 8
+    item = parser.get_parsed_content("train#dataset").data[0]
+    sample = parser.get_parsed_content("validate#preprocessing")(dict(item))
+    expected = [item["label"][NIH_LABELS.index(n)] for n in NIH_BOX_LABELS]
+    assert sample["label"].tolist() == expected
+    assert tuple(sample["image"].shape) == (1, RUN.test["image_size"], RUN.test["image_size"])
+    for name in ("evaluate", "inference"):
+        other = ConfigParser()
+        other.read_config(config(name))
+        other.update({"label_set": "box", "pretrained": False, "backbone": "resnet18"})
+        assert other.get_parsed_content("network_def").classifier.out_features == 8
+
+
+def test_real_settings_are_the_default():
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    for key, value in {"backbone": "resnet50", "image_size": 512, "batch_size": 16, "learning_rate": 1e-4, "pretrained": True, "lse_r": 10.0, "loss_mode": "batch"}.items():
+        assert parser[key] == value, key
+    assert len(parser.get_parsed_content("labels")) == 14
+    assert parser["network_def"]["transition_channels"] == 1024
+    assert parser["optimizer"]["_target_"] == "torch.optim.Adam"
+
+
+def test_offline_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("network_def")
+    cause = info.value
+    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None, "the error must come from the weight loader"
+    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+
+
+@pytest.mark.slow
+def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
+    """Trained briefly on the synthetic NIH set, the classifier separates the findings on its test split."""
+    root = synthetic_data("nih", **LEARN_DATA)
+    dirs = {"dataset_dir": root, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    for name in ("train", "evaluate"):
+        wf = workflow(name, **dirs, **{**LEARN, "heatmap_methods": ["lse"], "localization_overlays": 0})
+        wf.run()
+        wf.finalize()
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert metrics["test"]["mean_auroc"] >= LEARN_MIN_AUROC, metrics["test"]
+    # the ROC is not a fluke of one label: most labels are clearly above chance
+    aucs = np.array([v["auroc"] for v in metrics["test"]["per_class"].values() if v["auroc"] is not None])
+    assert (aucs > 0.6).mean() >= 0.6, aucs
+
+
+@pytest.mark.slow
+def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
+    """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half of the data."""
+    import math
+    import subprocess
+    import sys
+
+    from bundle_harness import cli_value
+
+    overrides = {**RUN.test, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
+    command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
+    command += [arg for key, value in overrides.items() for arg in (f"--{key}", cli_value(value))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    n_train = len(json.load(open(os.path.join(bundle_dataset, "datalist.json")))["training"])
+    assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])
+    assert os.path.isfile(tmp_path / "models" / "model.pt")
+
+
+def test_inference_reads_png_and_dicom_alike(bundle_outputs, tmp_path):
+    """The same radiograph as an 8-bit PNG and as a MONOCHROME1 DICOM gets the same probabilities."""
+    from chestzoo.data.io import read_image
+    from chestzoo.data.synth import dicom
+    from chestzoo.data.synth.phantom import to_uint8
+    from chestzoo.visualize import list_images
+
+    source = list_images(bundle_outputs["dataset_dir"])[0]
+    pixels = to_uint8(read_image(source))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(pixels).save(inputs / "film.png")
+    ds = dicom.new_dataset("1.2.840.10008.5.1.4.1.1.7", str(dicom.make_uid(0, "film")))
+    ds.Modality = "DX"
+    dicom.set_pixels(ds, 255 - pixels, photometric="MONOCHROME1")
+    dicom.save(ds, inputs / "film.dcm")
+    out = tmp_path / "eval"
+    wf = workflow("inference", dataset_dir=str(inputs), ckpt_dir=bundle_outputs["ckpt_dir"], output_dir=str(out), **{**RUN.test, "max_images": None})
+    wf.run()
+    wf.finalize()
+    records = {os.path.basename(r["image"]): r for r in json.load(open(out / "predictions.json"))["images"]}
+    assert set(records) == {"film.png", "film.dcm"}
+    png, dcm = (np.array(list(records[n]["probabilities"].values())) for n in ("film.png", "film.dcm"))
+    np.testing.assert_allclose(dcm, png, atol=1e-5)
