@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chestzoo.bundle_runs import BUNDLE_RUNS
+from chestzoo.bundle_runs import BUNDLE_RUNS, override_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = PROJECT_ROOT / "bundles"
@@ -56,13 +56,6 @@ SUBPROCESS_TIMEOUT = 900
 
 def workflow_type(config: str) -> str:
     return "train" if config.startswith("train") else "infer"
-
-
-def cli_value(value) -> str:
-    """An override as ``python -m monai.bundle`` (fire) reads it back into the same Python value."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def absolute_paths(node, where: str = "") -> list[str]:
@@ -174,7 +167,7 @@ def bundle_tests(name: str) -> dict:
         """``run training`` (older form) trains; ``run --config_file inference.json`` (current form) infers with it."""
         before = _tree(bundle)
         dirs = {"bundle_root": str(bundle), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), "dataset_dir": bundle_dataset}
-        overrides = [arg for key, value in {**run.test, **dirs}.items() for arg in (f"--{key}", cli_value(value))]
+        overrides = override_args({**run.test, **dirs})
         commands = {
             "train": [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file("train")],
             "inference": [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file("inference")],

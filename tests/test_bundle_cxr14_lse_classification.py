@@ -44,6 +44,7 @@ def test_evaluation_outputs(bundle_outputs):
     assert metrics["labels"] == list(NIH_LABELS)
     assert set(metrics["test"]["per_class"]) == set(NIH_LABELS)
     assert 0.0 <= metrics["test"]["mean_auroc"] <= 1.0
+    assert metrics["summary"]["mean AUROC"] == metrics["test"]["mean_auroc"]
     thresholds = json.load(open(os.path.join(out, "thresholds.json")))["thresholds"]
     assert list(thresholds) == list(NIH_LABELS)
     rows = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bundle_runs import BUNDLE_RUNS, BundleRun
+from .bundle_runs import BUNDLE_RUNS, BundleRun, override_args
 from .data import registry
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,7 @@ def bundle_command(bundles_dir: Path, name: str, config: str, overrides: dict) -
     bundle = bundles_dir / name
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / f"{config}.json")]
     command += ["--bundle_root", str(bundle), "--logging_file", str(bundle / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return command
+    return command + override_args(overrides)
 
 
 def _merged_data_options(runs: list[BundleRun], fast: bool) -> dict:

@@ -57,6 +57,8 @@ def write_multilabel_report(
         for i, name in enumerate(labels)
     }
     report = {
+        # headline numbers, read by the demo report
+        "summary": {"mean AUROC": test_auc["mean_auroc"], "mean F1": float(np.mean(prf["f1"]))},
         "labels": labels,
         "threshold_rule": rule,
         "validation": {"images": int(len(val_scores)), "mean_auroc": val_auc["mean_auroc"], "skipped": val_auc["skipped"]},
