@@ -171,12 +171,12 @@ def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     import subprocess
     import sys
 
-    from bundle_harness import cli_value
+    from chestzoo.bundle_runs import override_args
 
     overrides = {**RUN.test, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
     command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
-    command += [arg for key, value in overrides.items() for arg in (f"--{key}", cli_value(value))]
+    command += override_args(overrides)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=env)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
