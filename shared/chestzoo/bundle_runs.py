@@ -64,4 +64,33 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
             "localization_overlays": 1,
         },
     ),
+    "lung_ct_dcgan": BundleRun(
+        dataset="lung_pet_ct_dx",
+        # demo target (bundles/lung_ct_dcgan/docs/README.md): Frechet distance several times below an untrained
+        # generator's, diversity ratio well above 0 (no collapse), a synthetic DICOM series written
+        demo_data={"patients": 16, "size": 64},
+        demo={
+            "ngf": 16,
+            "ndf": 16,
+            "batch_size": 16,
+            "learning_rate": 0.0005,
+            "beta1": 0.5,
+            "ema_decay": 0.99,
+            "max_epochs": 80,
+            "num_workers": 0,
+            "sample_interval": 20,
+            "eval_samples": 300,
+        },
+        test_data={"patients": 16, "size": 64},
+        test={
+            "ngf": 8,
+            "ndf": 8,
+            "batch_size": 16,
+            "max_epochs": 1,
+            "num_workers": 0,
+            "eval_samples": 32,
+            "feature_epochs": 1,
+            "num_samples": 4,
+        },
+    ),
 }
