@@ -64,6 +64,53 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
             "localization_overlays": 1,
         },
     ),
+    "rsna_pneumonia_classification": BundleRun(
+        dataset="rsna",
+        demo_data={"patients": 400, "size": 128},
+        demo={
+            # no ImageNet weights offline: VGG16 with batch norm from scratch, at 32 x 32, without augmentation
+            "pretrained": False,
+            "batch_norm": True,
+            "image_size": 32,
+            "batch_size": 16,
+            "learning_rate": 0.001,
+            "max_epochs": 2,
+            "augment": False,
+            "num_workers": 0,
+            "max_images": 8,
+        },
+        test_data={"patients": 16, "size": 64},
+        test={
+            "pretrained": False,
+            "batch_norm": True,
+            "image_size": 32,
+            "batch_size": 8,
+            "max_epochs": 1,
+            "num_workers": 0,
+            "max_images": 3,
+        },
+    ),
+    "cxr_lung_segmentation": BundleRun(
+        dataset="montgomery",
+        demo_data={"patients": 120, "size": 128},
+        demo={
+            "image_size": 96,
+            "features": [8, 16, 32, 64, 128, 8],
+            "batch_size": 8,
+            "max_epochs": 3,
+            "num_workers": 0,
+            "max_images": 8,
+        },
+        test_data={"patients": 16, "size": 64},
+        test={
+            "image_size": 32,
+            "features": [4, 8, 16, 32, 64, 4],
+            "batch_size": 4,
+            "max_epochs": 1,
+            "num_workers": 0,
+            "max_images": 3,
+        },
+    ),
     "lung_ct_dcgan": BundleRun(
         dataset="lung_pet_ct_dx",
         # demo target (bundles/lung_ct_dcgan/docs/README.md): Frechet distance several times below an untrained

@@ -1,0 +1,75 @@
+"""Lung-mask post-processing (chestzoo.postprocess): keep the lungs' components, fill holes, per channel."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from chestzoo.postprocess import KeepLungs, KeepLungsd
+
+
+def _two_lungs(height=48, width=40):
+    right = np.zeros((height, width), bool)
+    left = np.zeros((height, width), bool)
+    right[6:36, 3:17] = True
+    left[6:36, 22:37] = True
+    return right, left
+
+
+def test_merged_mask_keeps_both_lungs_drops_islands_and_fills_holes():
+    right, left = _two_lungs()
+    noisy = (right | left).copy()
+    noisy[12:16, 7:11] = False  # a hole inside the right lung
+    noisy[40:43, 30:33] = True  # an island below the lungs
+    noisy[44, 2] = True  # a stray pixel
+    out = KeepLungs()(noisy[None].astype(np.float32))
+    assert out.shape == (1, 48, 40) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0].astype(bool), right | left)
+
+
+def test_second_component_much_smaller_than_the_first_is_dropped():
+    right, left = _two_lungs()
+    fused = right | left
+    fused[20:22, 17:22] = True  # the lungs touch: one component
+    fused[40:43, 30:33] = True  # the second largest is now an island
+    out = KeepLungs()(torch.from_numpy(fused[None].astype(np.float32)))
+    assert isinstance(out, torch.Tensor)
+    assert not out[0, 40:43, 30:33].any()
+    keep_all = KeepLungs(min_relative_size=0.0)(fused[None].astype(np.float32))
+    assert keep_all[0, 40:43, 30:33].all(), "without the size rule the two largest components stay"
+
+
+def test_left_right_channels_keep_one_component_each():
+    right, left = _two_lungs()
+    pair = np.stack([left, right]).astype(np.float32)  # (left lung, right lung) as in Montgomery's datalist
+    pair[0, 40:44, 30:34] = 1  # island in the left-lung channel
+    pair[1, 20:23, 8:11] = 0  # hole in the right-lung channel
+    out = KeepLungs()(pair)
+    np.testing.assert_array_equal(out[0].astype(bool), left)
+    np.testing.assert_array_equal(out[1].astype(bool), right)
+
+
+def test_fill_holes_can_be_switched_off_and_probabilities_are_thresholded():
+    right, left = _two_lungs()
+    mask = (right | left).astype(np.float32) * 0.9
+    mask[12:16, 7:11] = 0.2
+    out = KeepLungs(fill_holes=False)(mask[None])
+    assert not out[0, 12:16, 7:11].any() and out[0, 20, 10] == 1.0
+
+
+def test_dictionary_version_keeps_meta_and_other_keys():
+    right, left = _two_lungs()
+    pred = MetaTensor(torch.from_numpy((right | left)[None].astype(np.float32)), meta={"filename_or_obj": "x.png"})
+    pred[0, 44, 2] = 1
+    out = KeepLungsd(keys="pred")({"pred": pred, "label": 7})
+    assert out["label"] == 7 and out["pred"][0, 44, 2] == 0
+    assert isinstance(out["pred"], MetaTensor) and out["pred"].meta["filename_or_obj"] == "x.png"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        KeepLungs(components=0)
+    with pytest.raises(ValueError):
+        KeepLungs(min_relative_size=2.0)
+    with pytest.raises(ValueError, match="C, H, W"):
+        KeepLungs()(np.zeros((4, 4)))
