@@ -1,0 +1,1 @@
+"""MONAI/ignite engines and handlers shared by the bundles."""

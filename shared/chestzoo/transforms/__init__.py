@@ -1,0 +1,1 @@
+"""MONAI transforms that the bundles share and MONAI lacks."""

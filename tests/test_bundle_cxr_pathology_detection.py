@@ -1,0 +1,323 @@
+"""cxr_pathology_detection: the shared bundle checks, plus the detector, its box augmentation, engines and outputs."""
+
+from bundle_harness import bundle_tests; globals().update(bundle_tests("cxr_pathology_detection"))  # noqa: E702
+
+import csv
+import json
+import math
+import os
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from chestzoo.bundle_runs import BUNDLE_RUNS
+from chestzoo.data.labels import NIH_BOX_LABELS
+from chestzoo.engines.detection import CSV_COLUMNS, DetectionTrainer, DetectionWriter
+from chestzoo.networks import PretrainedWeightsUnavailable
+from chestzoo.networks.detection import TorchvisionDetector, unpack
+
+NAME = "cxr_pathology_detection"
+RUN = BUNDLE_RUNS[NAME]
+BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
+CONFIGS = os.path.join(BUNDLE, "configs")
+SMALL = {"backbone": "resnet18_fpn", "fpn_channels": 32, "fpn_stages": [3, 4], "anchor_sizes": [16, 32, 64], "representation_size": 64}
+# the learning test: a mid-size synthetic set, the demo's detector, no TTA. Its boxed splits are small (about 90
+# training, 30 validation and 10 test images), so mAP moves by several points between epochs; the bar sits well below
+# what it reaches (0.21 validation, 0.37 test) and far above an untrained or broken detector (about 0)
+LEARN_DATA = {"patients": 240, "size": 128}
+LEARN = {**RUN.demo, "image_size": 128, "max_epochs": 8, "tta": False, "overlays": 0, "resume": False}
+LEARN_MIN_MAP = 0.15
+
+
+def config(name: str) -> str:
+    return os.path.join(CONFIGS, f"{name}.json")
+
+
+def workflow(name: str, **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
+    wf.initialize()
+    return wf
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# box augmentation: MONAI's box transforms around a transposed image
+
+
+def _film(tmp_path, name="film.png", size=(96, 128)):
+    """A dark film with two bright rectangles of different brightness; their boxes in [x_min, y_min, x_max, y_max]."""
+    h, w = size
+    pixels = np.full((h, w), 20, dtype=np.uint8)
+    boxes = [[30, 24, 60, 40], [74, 44, 96, 80]]
+    for value, (x0, y0, x1, y1) in zip((150, 250), boxes):
+        pixels[y0:y1, x0:x1] = value
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path)
+    return str(path), boxes
+
+
+def _pixel_boxes(image: np.ndarray) -> dict[str, list[int]]:
+    """Box of each bright region, named 'dark' or 'bright' by its peak, its edge where it is half way to its peak."""
+    from scipy import ndimage
+
+    regions, count = ndimage.label(image > 0.3)
+    found = {}
+    for k in range(1, count + 1):
+        region = regions == k
+        peak = float(np.median(image[region]))
+        ys, xs = np.nonzero(region & (image > (0.08 + peak) / 2))
+        found["bright" if peak > 0.8 else "dark"] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    return found
+
+
+def test_augmented_boxes_still_cover_the_same_pixels(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser.update({"image_size": 128, "affine_prob": 1.0, "flip_prob": 0.5, "intensity_prob": 0.0, "dropout_prob": 0.0, "scale_range": 0.15})
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    path, boxes = _film(tmp_path)
+    flipped = 0
+    for seed in range(12):
+        preprocessing.set_random_state(seed)
+        out = preprocessing({"image": path, "box": boxes, "box_label": [3, 5]})
+        image = out["image"][0].numpy()
+        assert out["image"].shape[0] == 1 and tuple(out["box"].shape) == (2, 4)
+        assert out["box_label"].tolist() == [3, 5]
+        seen = _pixel_boxes(image)
+        assert set(seen) == {"dark", "bright"}
+        for box, name in zip(out["box"].tolist(), ("dark", "bright")):
+            # a rotated rectangle's pixels fill its enclosing box except at the corners: compare edges within 1.5 px
+            np.testing.assert_allclose(box, seen[name], atol=1.5, err_msg=f"seed {seed}: {name} box {box} vs pixels {seen[name]}")
+        flipped += out["box"][0, 0] > 64  # the darker rectangle starts in the left half unless mirrored
+    assert 0 < flipped < 12, "the random flip must sometimes flip and sometimes not"
+
+
+def test_negative_films_pass_through_the_augmentation(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser.update({"image_size": 128, "affine_prob": 1.0, "flip_prob": 1.0})
+    path, _ = _film(tmp_path)
+    out = parser.get_parsed_content("train#preprocessing")({"image": path, "box": [], "box_label": []})
+    assert tuple(out["box"].shape) == (0, 4) and tuple(out["box_label"].shape) == (0,)
+    assert "box_points" not in out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the detector
+
+
+def test_detector_speaks_zero_based_labels_and_packs_its_output():
+    torch.manual_seed(0)
+    net = TorchvisionDetector(len(NIH_BOX_LABELS), image_scale=0.5, **SMALL)
+    images = [torch.rand(1, 64, 96), torch.rand(1, 64, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([7])}, {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long)}]
+    net.train()
+    losses = net(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    with pytest.raises(ValueError, match="targets"):
+        net(images)
+    net.eval()
+    with torch.no_grad():
+        found = net(images)
+        packed = net(torch.stack(images))
+    for d in found:
+        assert d["labels"].min() >= 0 and d["labels"].max() < len(NIH_BOX_LABELS)
+        # boxes come back in pixels of the image given, although the network worked at half size
+        assert float(d["boxes"][:, 2].max()) <= 96 and float(d["boxes"][:, 3].max()) <= 64
+        assert float(d["boxes"][:, 2].max()) > 48, "boxes must be mapped back from the half-size input"
+    assert tuple(packed.shape) == (2, 6, net.max_detections)
+    for d, u in zip(found, unpack(packed)):
+        torch.testing.assert_close(u["boxes"], d["boxes"])
+        torch.testing.assert_close(u["labels"], d["labels"])
+
+
+def test_real_settings_are_the_default():
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    seed = {"backbone": "resnet50_fpn_v2", "pretrained": True, "trainable_backbone_layers": 5, "image_scale": 1.0, "nms_iou": 0.3,
+            "optimizer_name": "sgd", "learning_rate": 0.005, "momentum": 0.9, "weight_decay": 0.0001, "warmup_epochs": 5,
+            "min_learning_rate": 1e-6, "batch_size": 4, "accumulation_steps": 4, "clip_grad_norm": 1.0, "max_epochs": 60,
+            "early_stop_patience": 15, "rotate_degrees": 15.0, "image_size": 1024}
+    for key, value in seed.items():
+        assert parser[key] == value, key
+    assert parser["datalist"].endswith("datalist_boxes.json')") or parser["datalist"].endswith("datalist_boxes.json'")
+    for name in ("evaluate", "inference"):
+        other = ConfigParser()
+        other.read_config(config(name))
+        assert other["tta_scales"] == [0.9, 1.0, 1.1] and other["tta_flip"] is True and other["fusion_iou"] == 0.3
+
+
+def test_offline_coco_weights_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("network_def")
+    cause = info.value
+    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None, "the error must come from the weight loader"
+    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the training engine: accumulation and clipping
+
+
+def test_trainer_accumulates_and_clips():
+    torch.manual_seed(0)
+    net = TorchvisionDetector(len(NIH_BOX_LABELS), **SMALL)
+    batch = [{"image": torch.rand(1, 64, 64), "box": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "box_label": torch.tensor([2])}]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    norms = []
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad.norm() for p in net.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(grads))))
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    trainer = DetectionTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch] * 5, network=net, optimizer=optimizer,
+                               accumulation_steps=2, clip_grad_norm=0.5)
+    trainer.run()
+    assert len(norms) == 3, "5 batches with 2 per step: steps after batches 2 and 4, and at the end of the epoch"
+    assert max(norms) <= 0.5 + 1e-4
+    assert set(trainer.state.output) >= {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# outputs of the harness runs (train, evaluate, inference on the tests' synthetic set)
+
+
+def test_evaluation_outputs(bundle_outputs):
+    out = bundle_outputs["output_dir"]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["classes"] == list(NIH_BOX_LABELS)
+    assert set(metrics["variants"]) == {"plain", "tta_nms", "tta_wbf"}
+    assert metrics["default_variant"] == "tta_nms"
+    for variant in metrics["variants"].values():
+        assert set(variant["test"]["AP"]) == set(NIH_BOX_LABELS)
+        assert 0.0 <= variant["test"]["mAP"] <= 1.0
+        assert [row["threshold"] for row in variant["thresholds"]["sweep"]] == pytest.approx([0.05 * k for k in range(1, 9)])
+        assert variant["localization"]["thresholds"] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert all(isinstance(v, float) for v in metrics["summary"].values())
+    assert any(k.startswith("mAP@0.5") for k in metrics["summary"])
+    timing = metrics["tta"]
+    assert len(timing["views"]) == 8 and timing["seconds_per_image"]["tta_views"] > timing["seconds_per_image"]["plain"] > 0
+    assert metrics["wang_2017"]["accuracy"]["Cardiomegaly"][0] == 0.9931
+    saved = json.load(open(os.path.join(bundle_outputs["ckpt_dir"], "thresholds.json")))
+    assert saved["classes"] == list(NIH_BOX_LABELS) and set(saved["variants"]) == {"plain", "tta_nms", "tta_wbf"}
+    for name in ("01_test_detections.png", "02_average_precision.png", "03_threshold_sweep.png"):
+        with Image.open(os.path.join(out, name)) as picture:
+            assert picture.size[0] > 100
+
+
+def test_inference_outputs(bundle_outputs):
+    out = bundle_outputs["output_dir"]
+    predictions = json.load(open(os.path.join(out, "predictions.json")))
+    assert predictions["classes"] == list(NIH_BOX_LABELS) and predictions["tta"] is True
+    saved = json.load(open(os.path.join(bundle_outputs["ckpt_dir"], "thresholds.json")))["variants"]["tta_nms"]["threshold"]
+    assert set(predictions["thresholds"].values()) == {saved}, "inference must use the threshold chosen on validation"
+    images = predictions["images"]
+    test_split = json.load(open(os.path.join(bundle_outputs["dataset_dir"], RUN.datalist)))["test"]
+    assert len(images) == min(RUN.test["max_images"], len(test_split)) > 0
+    for record in images:
+        assert len(record["boxes"]) == len(record["labels"]) == len(record["scores"]) == len(record["label_names"])
+        assert all(s >= saved for s in record["scores"])
+        assert all(name in NIH_BOX_LABELS for name in record["label_names"])
+    with open(os.path.join(out, "predictions.csv")) as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = list(reader)
+    assert len(rows) == sum(len(r["boxes"]) for r in images)
+    assert [int(r["ID"]) for r in rows] == list(range(len(rows)))
+    overlay = images[0]["overlay"]
+    with Image.open(os.path.join(out, overlay)) as picture:
+        assert picture.mode == "RGB"
+
+
+def test_one_prediction_per_image_rule(tmp_path):
+    writer = DetectionWriter(str(tmp_path), ["a", "b"], thresholds=[0.5, 0.5], one_per_image=True)
+    writer.records = [
+        {"image": "/x/one.png", "boxes": [], "labels": [], "label_names": [], "scores": [], "top": {"box": [1.0, 2.0, 3.0, 4.0], "label": 1, "label_name": "b", "score": 0.3}},
+        {"image": "/x/two.png", "boxes": [], "labels": [], "label_names": [], "scores": [], "top": None},
+        {"image": "/x/three.png", "boxes": [[0.0, 0.0, 5.0, 5.0], [1.0, 1.0, 6.0, 6.0]], "labels": [0, 1], "label_names": ["a", "b"],
+         "scores": [0.9, 0.6], "top": {"box": [0.0, 0.0, 5.0, 5.0], "label": 0, "label_name": "a", "score": 0.9}},
+    ]
+    rows = writer.rows()
+    assert [r["image_id"] for r in rows] == ["one", "two", "three"], "exactly one row per image"
+    assert (rows[0]["label"], rows[0]["confidence"], rows[0]["x_max"]) == ("b", 0.3, 3.0)
+    assert (rows[1]["label"], rows[1]["confidence"], rows[1]["x_min"]) == ("No Finding", 0.0, "")
+    assert rows[2]["label"] == "a"
+    writer.one_per_image = False
+    assert [r["image_id"] for r in writer.rows()] == ["three", "three"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training runs
+
+
+def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
+    from ignite.engine import Events
+
+    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    epochs_run = []
+    for max_epochs in (1, 2):
+        wf = workflow("train", **dirs, **{**RUN.test, "max_epochs": max_epochs})
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        count = []
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: count.append(engine.state.epoch))
+        wf.run()
+        wf.finalize()
+        epochs_run.append(count)
+    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+
+
+@pytest.mark.slow
+def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
+    """Trained briefly on a synthetic NIH set, the detector finds the boxed findings of its unseen test split."""
+    root = synthetic_data("nih", **LEARN_DATA)
+    dirs = {"dataset_dir": root, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    for name in ("train", "evaluate"):
+        wf = workflow(name, **dirs, **LEARN)
+        wf.run()
+        wf.finalize()
+    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))["variants"]["plain"]
+    # an untrained or broken detector scores about 0 (the boxes must match class and place at IoU >= 0.5)
+    assert metrics["test"]["mAP"] >= LEARN_MIN_MAP, metrics["test"]
+    assert metrics["validation"]["mAP"] >= LEARN_MIN_MAP, metrics["validation"]
+
+
+@pytest.mark.slow
+def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
+    """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half, rank 0 validates and saves."""
+    import subprocess
+    import sys
+
+    from chestzoo.bundle_runs import override_args
+
+    overrides = {**RUN.test, "max_epochs": 2, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"),
+                 "output_dir": str(tmp_path / "eval")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
+    command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
+    command += override_args(overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=env)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    n_train = len(json.load(open(os.path.join(bundle_dataset, RUN.datalist)))["training"])
+    assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])
+    assert not any(k.startswith("module.") for k in state["model"]), "checkpoints hold the plain network, not the DDP wrapper"
+    assert os.path.isfile(tmp_path / "models" / "model.pt")
