@@ -38,6 +38,21 @@ class ChestZoo:
         report = run_demo(out, bundles=list(bundles) if bundles else None, fast=fast)
         print(f"report: {report}")
 
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, models: str | None = None, ckpt_dirs: dict | str | None = None,
+              settings: str = "none", overrides: dict | str | None = None, device: str | None = None, max_upload_mb: float = 32.0):
+        """A web page on http://HOST:PORT/: upload a chest X-ray, see findings, heatmaps, boxes and lungs; generate images.
+
+        MODELS holds <bundle>/models/model.pt per bundle (default: bundles/, i.e. bundles/<name>/models; after
+        `chestzoo demo` use demo_output); CKPT_DIRS maps bundle names to checkpoint folders (JSON); SETTINGS is none, demo
+        or test, the overrides the models were trained with. Untrained bundles are listed on the page with their command.
+        """
+        from .bundle_model import BUNDLES_DIR
+        from .serve import serve
+
+        parse = lambda value: json.loads(value) if isinstance(value, str) else value  # noqa: E731 - fire passes JSON text or a dict
+        serve(host=host, port=port, max_upload_mb=max_upload_mb, models_dir=models or BUNDLES_DIR, ckpt_dirs=parse(ckpt_dirs),
+              settings=settings, overrides=parse(overrides), device=device)
+
 
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
