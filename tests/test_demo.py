@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from chestzoo.bundle_runs import BUNDLE_RUNS, BundleRun, override_args
 from chestzoo.demo import bundle_command, write_report
@@ -39,7 +40,9 @@ def test_report_labels_synthetic_numbers_and_shows_pictures(tmp_path):
                           fast=True, seconds=60)
     text = report.read_text()
     assert "synthetic data" in text and "mean AUROC 0.900" in text and "10 / 2 / 1" in text
-    assert "![roc](b/roc.png)" in text
+    assert "![roc](b/roc.png)" in text and "comparison" not in text
+    with_comparison = write_report(tmp_path, [], fast=True, seconds=60, comparison=Path("comparison/comparison.md"))
+    assert "[comparison/comparison.md](comparison/comparison.md)" in with_comparison.read_text()
 
 
 def test_every_registered_bundle_has_a_folder():
@@ -47,3 +50,15 @@ def test_every_registered_bundle_has_a_folder():
 
     for name in BUNDLE_RUNS:
         assert (BUNDLES_DIR / name / "configs" / "train.json").is_file(), name
+
+
+def test_bundles_share_synthetic_data_only_when_they_ask_for_the_same():
+    from chestzoo.demo import data_folders
+
+    folders = {name: folder for name, (folder, _, _) in data_folders(list(BUNDLE_RUNS), fast=False).items()}
+    for a in BUNDLE_RUNS:
+        for b in BUNDLE_RUNS:
+            same = (BUNDLE_RUNS[a].dataset, BUNDLE_RUNS[a].demo_data) == (BUNDLE_RUNS[b].dataset, BUNDLE_RUNS[b].demo_data)
+            assert (folders[a] == folders[b]) == same, (a, b)
+    fast = {folder for folder, _, _ in data_folders(list(BUNDLE_RUNS), fast=True).values()}
+    assert fast == {r.dataset for r in BUNDLE_RUNS.values()}, "the tests' tiny sets: one per dataset, named after it"

@@ -38,6 +38,22 @@ class ChestZoo:
         report = run_demo(out, bundles=list(bundles) if bundles else None, fast=fast)
         print(f"report: {report}")
 
+    def compare(self, dataset_dir: str, out: str = "comparison", ckpt_dirs: dict | str | None = None, settings: str = "none",
+                overrides: dict | str | None = None, lung_dataset_dir: str | None = None, device: str | None = None,
+                max_images: int | None = None, threads: int | None = None):
+        """Compare the VGG16 classifier, U-Net and Mask R-CNN on the RSNA test split of DATASET_DIR (report in OUT).
+
+        CKPT_DIRS maps bundle names to checkpoint folders (JSON; default bundles/<name>/models); SETTINGS is none, demo
+        or test (the overrides the models were trained with); LUNG_DATASET_DIR holds a lung-mask datalist for the
+        U-Net's Dice; THREADS fixes torch's CPU threads for steadier timings.
+        """
+        from .compare import run_compare
+
+        parse = lambda value: json.loads(value) if isinstance(value, str) else value  # noqa: E731 - fire passes JSON text or a dict
+        report = run_compare(dataset_dir, out, ckpt_dirs=parse(ckpt_dirs), settings=settings, overrides=parse(overrides),
+                             lung_dataset_dir=lung_dataset_dir, device=device, max_images=max_images, threads=threads)
+        print(f"report: {report}")
+
     def serve(self, host: str = "127.0.0.1", port: int = 8000, models: str | None = None, ckpt_dirs: dict | str | None = None,
               settings: str = "none", overrides: dict | str | None = None, device: str | None = None, max_upload_mb: float = 32.0):
         """A web page on http://HOST:PORT/: upload a chest X-ray, see findings, heatmaps, boxes and lungs; generate images.

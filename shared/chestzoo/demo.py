@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bundle_runs import BUNDLE_RUNS, BundleRun, override_args
+from .bundle_runs import BUNDLE_RUNS, override_args
 from .data import registry
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,23 @@ def bundle_command(bundles_dir: Path, name: str, config: str, overrides: dict) -
     return command + override_args(overrides)
 
 
-def _merged_data_options(runs: list[BundleRun], fast: bool) -> dict:
-    """One synthetic dataset serves every bundle that trains on it: take the largest request of each option."""
-    merged: dict = {}
-    for run in runs:
-        for key, value in (run.test_data if fast else run.demo_data).items():
-            merged[key] = max(merged.get(key, value), value)
-    return merged
+def data_folders(names: list[str], fast: bool) -> dict[str, tuple[str, str, dict]]:
+    """Bundle name -> (folder under ``data/``, dataset, synth options). Bundles asking for the same synthetic data
+    share one folder; a bundle that needs other data (more boxed images, larger pictures) gets its own."""
+    requests: dict[str, tuple[str, dict]] = {}
+    for name in names:
+        run = BUNDLE_RUNS[name]
+        requests[name] = (run.dataset, dict(run.test_data if fast else run.demo_data))
+    distinct: list[tuple[str, dict]] = []
+    for request in requests.values():
+        if request not in distinct:
+            distinct.append(request)
+    folders = {}
+    for dataset, options in distinct:
+        same_dataset = [o for d, o in distinct if d == dataset]
+        suffix = "" if len(same_dataset) == 1 else "_" + "_".join(f"{k}{v}" for k, v in sorted(options.items()))
+        folders[json.dumps([dataset, options], sort_keys=True)] = f"{dataset}{suffix}"
+    return {n: (folders[json.dumps(list(r), sort_keys=True)], *r) for n, r in requests.items()}
 
 
 def run_demo(out: str = "demo_output", bundles: list[str] | None = None, fast: bool = False,
@@ -54,21 +64,22 @@ def run_demo(out: str = "demo_output", bundles: list[str] | None = None, fast: b
     if not names:
         raise RuntimeError(f"no bundles found under {bundles_dir}")
     started = time.time()
-    datasets = {}
-    for dataset in dict.fromkeys(BUNDLE_RUNS[n].dataset for n in names):
-        options = _merged_data_options([BUNDLE_RUNS[n] for n in names if BUNDLE_RUNS[n].dataset == dataset], fast)
-        root = out / "data" / dataset
-        logger.info("synthetic %s %s -> %s", dataset, options, root)
-        registry.synth(dataset, str(root), **options)
-        registry.prepare(dataset, str(root))
-        datasets[dataset] = root
+    datasets = {}  # bundle name -> its synthetic dataset folder
+    written: dict[str, Path] = {}
+    for name, (folder, dataset, options) in data_folders(names, fast).items():
+        if folder not in written:
+            root = written[folder] = out / "data" / folder
+            logger.info("synthetic %s %s -> %s", dataset, options, root)
+            registry.synth(dataset, str(root), **options)
+            registry.prepare(dataset, str(root))
+        datasets[name] = written[folder]
 
     results = []
     for name in names:
         run = BUNDLE_RUNS[name]
         work = out / name
         work.mkdir(parents=True, exist_ok=True)
-        overrides = {"dataset_dir": str(datasets[run.dataset]), "output_dir": str(work), "ckpt_dir": str(work / "models")}
+        overrides = {"dataset_dir": str(datasets[name]), "output_dir": str(work), "ckpt_dir": str(work / "models")}
         overrides.update(run.test if fast else run.demo)
         seconds = {}
         for config in run.configs:
@@ -85,9 +96,26 @@ def run_demo(out: str = "demo_output", bundles: list[str] | None = None, fast: b
                 tail = "".join(open(log).readlines()[-25:])
                 raise RuntimeError(f"{name} {config} failed (exit {done.returncode}); log {log}:\n{tail}")
         results.append((name, run, seconds, _summary(work)))
-    report = write_report(out, results, fast, time.time() - started)
+    comparison = _compare_rsna_models(out, names, datasets, fast)
+    report = write_report(out, results, fast, time.time() - started, comparison)
     logger.info("demo finished in %.0f s; report: %s", time.time() - started, report)
     return report
+
+
+def _compare_rsna_models(out: Path, names: list[str], datasets: dict, fast: bool) -> Path | None:
+    """``chestzoo compare`` on the demo's checkpoints, once all three RSNA models have been trained."""
+    from .compare import MODELS, run_compare
+
+    if not all(spec.bundle in names for spec in MODELS):
+        return None
+    logger.info("comparing the three RSNA models on the synthetic RSNA test split")
+    classifier, segmenter, detector = (spec.bundle for spec in MODELS)
+    if datasets[classifier] != datasets[detector]:
+        raise ValueError(f"{classifier} and {detector} must be trained on the same synthetic RSNA set to be compared")
+    report = run_compare(str(datasets[detector]), str(out / "comparison"), settings="test" if fast else "demo",
+                         ckpt_dirs={spec.bundle: str(out / spec.bundle / "models") for spec in MODELS},
+                         lung_dataset_dir=str(datasets[segmenter]))
+    return report.relative_to(out)
 
 
 def _summary(work: Path) -> dict:
@@ -98,7 +126,7 @@ def _summary(work: Path) -> dict:
     return json.loads(path.read_text()).get("summary", {})
 
 
-def write_report(out: Path, results: list, fast: bool, seconds: float) -> Path:
+def write_report(out: Path, results: list, fast: bool, seconds: float, comparison: Path | None = None) -> Path:
     lines = [
         "# chestzoo demo report",
         "",
@@ -114,6 +142,8 @@ def write_report(out: Path, results: list, fast: bool, seconds: float) -> Path:
         metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()) or "-"
         times = " / ".join(f"{secs[c]:.0f}" for c in run.configs)
         lines.append(f"| `{name}` | {run.dataset} | {metrics} | {times} |")
+    if comparison is not None:
+        lines += ["", f"The three RSNA pneumonia models side by side on the same test images: [{comparison}]({comparison})."]
     for name, _, _, _ in results:
         pictures = sorted((out / name).glob("*.png"))[:PICTURES_PER_BUNDLE]
         if pictures:
