@@ -20,7 +20,7 @@ from torch import nn
 from ..data.io import read_image
 from ..metrics.report import read_thresholds, write_json
 from .cam import ClassHeatmaps
-from .explain import _stem
+from .explain import unique_stem
 from .masks import _batch_items, example_grid
 from .overlay import overlay
 
@@ -78,14 +78,6 @@ class ClassPredictionWriter:
         self._pictures.clear()
         self._stems.clear()
 
-    def _unique_stem(self, path: str) -> str:
-        stem, n, candidate = _stem(path), 1, _stem(path)
-        while candidate in self._stems:
-            n += 1
-            candidate = f"{stem}_{n}"
-        self._stems.add(candidate)
-        return candidate
-
     def iteration_completed(self, engine) -> None:
         for item, out in _batch_items(engine):
             self.records.append(self.explain(item["image"], item["image_path"], out["pred"], engine.state.device))
@@ -109,7 +101,7 @@ class ClassPredictionWriter:
         big_heat = torch.nn.functional.interpolate(heat[None, None], size=original.shape, mode="bilinear", align_corners=False)[0, 0]
         verdict = "positive" if record["positive"] else "negative"
         picture = overlay(original, big_heat.numpy(), text=f"{p:.3f} {verdict}")
-        name = os.path.join("overlays", f"{self._unique_stem(path)}_gradcam.png")
+        name = os.path.join("overlays", f"{unique_stem(path, self._stems)}_gradcam.png")
         os.makedirs(os.path.join(self.output_dir, "overlays"), exist_ok=True)
         picture.save(os.path.join(self.output_dir, name))
         record["overlay"] = name

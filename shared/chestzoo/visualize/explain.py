@@ -62,6 +62,18 @@ def _stem(path: str) -> str:
     return os.path.splitext(name)[0] or name
 
 
+def unique_stem(path: str, taken: set[str]) -> str:
+    """The file's stem, numbered (``_2``, ``_3``...) when an earlier file of the run took it, and recorded in ``taken``:
+    two inputs named alike in different folders must not overwrite each other's pictures."""
+    stem = candidate = _stem(path)
+    n = 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}"
+    taken.add(candidate)
+    return candidate
+
+
 def localization_report(
     network: nn.Module,
     items: Sequence[dict],
@@ -167,15 +179,6 @@ class FindingsWriter:
         self.records.clear()
         self._stems.clear()
 
-    def _unique_stem(self, path: str) -> str:
-        stem, n = _stem(path), 1
-        candidate = stem
-        while candidate in self._stems:
-            n += 1
-            candidate = f"{stem}_{n}"
-        self._stems.add(candidate)
-        return candidate
-
     def iteration_completed(self, engine) -> None:
         batch, output = engine.state.batch, engine.state.output
         batch = decollate_batch(batch) if isinstance(batch, dict) else batch
@@ -191,7 +194,7 @@ class FindingsWriter:
         found = [i for i in np.argsort(-probs) if probs[i] >= self.thresholds[i]]
         if not found:
             return record
-        stem = self._unique_stem(path)
+        stem = unique_stem(path, self._stems)
         x = torch.as_tensor(image)[None].float().to(device)
         original = read_image(path)
         for i in found:

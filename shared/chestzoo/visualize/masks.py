@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..data.io import read_image
-from .explain import _stem
+from .explain import unique_stem
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +184,6 @@ class LungMaskWriter:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
-    def _unique_stem(self, path: str) -> str:
-        stem, n, candidate = _stem(path), 1, _stem(path)
-        while candidate in self._stems:
-            n += 1
-            candidate = f"{stem}_{n}"
-        self._stems.add(candidate)
-        return candidate
-
     def iteration_completed(self, engine) -> None:
         for item, out in _batch_items(engine):
             self.records.append(self.write(item["image_path"], out["pred"]))
@@ -199,7 +191,7 @@ class LungMaskWriter:
     def write(self, path: str, pred) -> dict:
         original = read_image(path)
         mask = resize_mask(pred, original.shape)
-        stem = self._unique_stem(path)
+        stem = unique_stem(path, self._stems)
         record = {"image": path, "size": list(original.shape)}
         record["masks"] = [os.path.relpath(p, self.output_dir) for p in write_mask_pngs(os.path.join(self.output_dir, "masks"), stem, mask, self.channel_names)]
         record["area_fraction"] = {name: float(channel.mean()) for name, channel in zip(self.channel_names, mask)}
