@@ -116,12 +116,13 @@ class DetectionTrainer(SupervisedTrainer):
             engine.state.output[Keys.PRED] = {k: v.detach() for k, v in losses.items()}
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = engine.loss_function(losses)
+        engine.state.output[Keys.LOSS] = loss.detach()
+        engine.state.output.update({k: v.detach() for k, v in losses.items()})
+        # a StopOnNonFiniteLoss handler reports a non-finite loss here, naming the last good checkpoint
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
             raise FloatingPointError(f"loss is {float(loss)} at iteration {engine.state.iteration} ({parts}); lower the learning rate")
-        engine.state.output[Keys.LOSS] = loss.detach()
-        engine.state.output.update({k: v.detach() for k, v in losses.items()})
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         scaled = loss / acc if acc > 1 else loss
         if use_amp:
