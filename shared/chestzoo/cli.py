@@ -29,6 +29,31 @@ class ChestZoo:
         summary = registry.prepare(dataset, root, out, **options)
         print(json.dumps(summary, indent=2))
 
+    def verify(self, bundle: str, settings: str = "test", dataset_dir: str | None = None, ckpt: str | None = None,
+               schema: str | None = None, out: str | None = None):
+        """Apply the Model Zoo's CI checks and an ONNX Runtime check to BUNDLE (a name under bundles/ or a folder).
+
+        Checks: files, JSON style, metadata (version in changelog, schema), train and infer properties,
+        verify_net_in_out (config defaults, as the zoo's CI), TorchScript export and reload, ONNX export against
+        PyTorch. SETTINGS is test (the tests' small network: seconds), demo, or none (the config defaults); the
+        properties check reads DATASET_DIR (default: a small synthetic dataset written to a temporary folder). CKPT
+        checks trained weights instead of the initial ones. OUT writes the results as JSON. Exits 1 if a check fails.
+        """
+        from .verify import run_verify
+
+        results = run_verify(bundle, settings=settings, dataset_dir=dataset_dir, ckpt=ckpt, schema=schema, out=out)
+        if any(r.status == "fail" for r in results):
+            sys.exit(1)
+
+    def export(self, bundle: str, out: str = "exported", models: bool = False, overwrite: bool = False):
+        """Write OUT/<bundle>/ and OUT/<bundle>.zip: the bundle with the chestzoo code it uses in scripts/, runnable by
+        `python -m monai.bundle run` without chestzoo installed. MODELS also copies models/ (checkpoints)."""
+        from .bundle_checks import find_bundle
+        from .export import export_bundle
+
+        summary = export_bundle(find_bundle(bundle), out, include_models=models, overwrite=overwrite)
+        print(json.dumps(summary, indent=2))
+
     def demo(self, out: str = "demo_output", bundles: str | None = None, fast: bool = False):
         """Synthetic data, then every bundle trained, evaluated and run for inference, then a report in OUT/report.md."""
         from .demo import run_demo
