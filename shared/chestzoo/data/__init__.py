@@ -1,5 +1,6 @@
 """Dataset readers, image reading, datalists and synthetic data."""
 
+from .cache import DiskCacheDataset, cache_enabled
 from .datalist import assign_splits, check_patient_disjoint, load_datalist, parse_fractions, split_of, write_datalist
 from .errors import DataError
 from .io import LoadChestImaged, read_image, read_mask, window
@@ -11,8 +12,10 @@ __all__ = [
     "parse_fractions",
     "DATASETS",
     "DataError",
+    "DiskCacheDataset",
     "LoadChestImaged",
     "UnreadableFiles",
+    "cache_enabled",
     "check_file",
     "check_patient_disjoint",
     "load_datalist",

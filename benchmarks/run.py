@@ -1,0 +1,474 @@
+"""Speed and memory of the bundles against plain PyTorch, and of the preprocessing cache, in one process.
+
+    python benchmarks/run.py --out benchmarks/results/cpu.json --markdown benchmarks/results/cpu.md
+
+Measured, each pair in the same process and on the same data, so that the ratios mean something on a shared machine:
+
+- per bundle (those whose trainer is MONAI's ``SupervisedTrainer``): training and inference images/s of the bundle's
+  own ``train#trainer`` and ``validate#evaluator`` (its handlers, post-processing and metrics included) against a plain
+  PyTorch loop running the same network object, loss and optimiser on the same pre-collated batches; runs alternate
+  bundle, plain, bundle, plain, ... after one warm-up each; peak resident memory of each;
+- data loader: images/s from 1024 x 1024 PNGs written by ``chestzoo synth nih``, decoded and resized on every access
+  (``monai.data.Dataset``) against the same items read from ``chestzoo.data.DiskCacheDataset`` (build time reported);
+- memory: peak resident memory of one training epoch over N cached synthetic images, each N in a fresh process.
+
+``--device cuda`` runs both loops with AMP, channels-last tensors and pinned batches.
+This folder is a script folder, not a package (DESIGN.md: no importable package with a common name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Transform
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORTED_NOTE = "trainer is not MONAI's SupervisedTrainer with its default iteration: no plain loop written for it"
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) so the next reading covers only what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    import monai
+
+    info = {
+        "cpu": cpu,
+        "cpu_cores_available": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timed:
+    """Accumulates seconds, images and peak RSS over the runs of one kind (bundle or plain)."""
+
+    def __init__(self):
+        self.seconds, self.images, self.peak_rss_mb, self.runs = 0.0, 0, 0.0, []
+
+    def run(self, function, images: int, device: torch.device, record: bool = True):
+        peak_rss_reset()
+        _sync(device)
+        start = time.perf_counter()
+        function()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if record:
+            self.seconds += seconds
+            self.images += images
+            self.runs.append(seconds)
+            self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb())
+        return seconds
+
+    def result(self) -> dict:
+        return {
+            "images": self.images,
+            "seconds": round(self.seconds, 4),
+            "images_per_s": self.images / self.seconds,
+            "run_seconds": [round(s, 4) for s in self.runs],
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+        }
+
+
+def pair(bundle: Timed, plain: Timed) -> dict:
+    b, p = bundle.result(), plain.result()
+    return {
+        "bundle": b,
+        "plain": p,
+        "ratio": b["images_per_s"] / p["images_per_s"],
+        "run_ratios": [ps / bs for bs, ps in zip(bundle.runs, plain.runs)],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- bundles
+
+
+def synthetic_dataset(dataset: str, root: str, **options) -> str:
+    from chestzoo.data import registry
+
+    if not os.path.isfile(os.path.join(root, "datalist.json")):
+        registry.synth(dataset, root, seed=0, **options)
+        registry.prepare(dataset, root)
+    return root
+
+
+def to_device_batch(batch: dict, device: torch.device, cuda_path: bool) -> dict:
+    """Pre-collated batch, prepared once so that both loops read identical tensors (pinned, channels-last on CUDA)."""
+    out = dict(batch)
+    for key in ("image", "label"):
+        value = out.get(key)
+        if isinstance(value, torch.Tensor):
+            value = value.as_tensor() if hasattr(value, "as_tensor") else value
+            if cuda_path and key == "image" and value.ndim == 4:
+                value = value.contiguous(memory_format=torch.channels_last)
+            out[key] = value.pin_memory() if cuda_path else value
+    return out
+
+
+def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
+    from monai.bundle import ConfigParser
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+
+    from chestzoo.bundle_runs import BUNDLE_RUNS
+
+    run = BUNDLE_RUNS[name]
+    bundle = ROOT / "bundles" / name
+    settings = {"real": {"pretrained": False}, "demo": run.demo, "test": run.test}[args.settings]
+    size = args.image_size or settings.get("image_size")
+    cuda_path = device.type == "cuda"
+    n_images = args.batch_size * args.batches
+    data_dir = synthetic_dataset(run.dataset, os.path.join(work, f"data_{run.dataset}"), patients=max(16, n_images), size=max(64, size or 64))
+    overrides = {
+        **settings,
+        "bundle_root": str(bundle),
+        "dataset_dir": data_dir,
+        "output_dir": os.path.join(work, name, "eval"),
+        "ckpt_dir": os.path.join(work, name, "models"),
+        "batch_size": args.batch_size,
+        "num_workers": 0,
+        "max_epochs": 1,
+        "val_interval": 10**6,  # no validation inside the timed training epochs
+        "resume": False,
+        "cache_dir": None,
+        "amp": cuda_path,
+        "device": f"$torch.device('{device}')",
+        "validate#handlers": [],  # the evaluator alone: no early stopping or checkpoint writing
+    }
+    if size:
+        overrides["image_size"] = size
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    # nested overrides only where the config has the parent (the GAN bundle has no validate section)
+    parser.update({k: v for k, v in overrides.items() if "#" not in k or k.split("#")[0] in parser.get()})
+    for expression in parser.get("initialize", []):
+        if "set_determinism" in str(expression):
+            parser.get_parsed_content("initialize")
+            break
+    trainer = parser.get_parsed_content("train#trainer")
+    evaluator = parser.get_parsed_content("validate#evaluator") if "validate" in parser.get() else None
+    default_iteration = (
+        type(trainer)._iteration is SupervisedTrainer._iteration
+        and isinstance(evaluator, SupervisedEvaluator)
+        and type(evaluator)._iteration is SupervisedEvaluator._iteration
+        and type(trainer.inferer).__name__ == "SimpleInferer"
+        and "_iteration" not in vars(trainer)  # an iteration_update replaces it on the instance
+    )
+    if type(trainer) is not SupervisedTrainer or not default_iteration:
+        return {"skipped": SUPPORTED_NOTE, "trainer": type(trainer).__name__}
+
+    loader = parser.get_parsed_content("train#dataloader")
+    batches = [to_device_batch(b, device, cuda_path) for b in itertools.islice(itertools.cycle(loader), args.batches)]
+    images = sum(int(b["image"].shape[0]) for b in batches)
+    network, loss_function, optimizer = trainer.network, trainer.loss_function, trainer.optimizer
+    if cuda_path:
+        network.to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda") if cuda_path else None
+
+    def bundle_train():
+        trainer.data_loader = batches
+        trainer.state.epoch_length = len(batches)
+        trainer.run()
+
+    def plain_train():
+        network.train()
+        for batch in batches:
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=cuda_path):
+                loss = loss_function(network(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: plain loop loss is {loss.item()}")
+
+    def bundle_infer():
+        evaluator.data_loader = batches
+        evaluator.state.epoch_length = len(batches)
+        evaluator.run()
+
+    def plain_infer():
+        network.eval()
+        with torch.no_grad():
+            for batch in batches:
+                x = batch["image"].to(device, non_blocking=True)
+                with torch.autocast("cuda", enabled=cuda_path):
+                    network(x)
+
+    result = {"image_size": size, "batch_size": args.batch_size, "batches": len(batches), "network": type(network).__name__}
+    for kind, (bundle_fn, plain_fn) in {"train": (bundle_train, plain_train), "inference": (bundle_infer, plain_infer)}.items():
+        bundle_t, plain_t = Timed(), Timed()
+        bundle_t.run(bundle_fn, images, device, record=False)  # warm-up: first-call allocation, lazy init, cudnn search
+        plain_t.run(plain_fn, images, device, record=False)
+        for _ in range(args.repeats):
+            bundle_t.run(bundle_fn, images, device)
+            plain_t.run(plain_fn, images, device)
+        result[kind] = pair(bundle_t, plain_t)
+    return result
+
+
+# -------------------------------------------------------------------------------------------------- data loader
+
+
+def loader_benchmark(work: str, args) -> dict:
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, EnsureTyped, Resized
+
+    from chestzoo.data import DiskCacheDataset, LoadChestImaged, load_datalist
+
+    root = synthetic_dataset("nih", os.path.join(work, "loader_nih"), patients=args.loader_images, size=args.loader_source_size)
+    items = [item for split in ("training", "validation", "test") for item in load_datalist(os.path.join(root, "datalist.json"), split)]
+    items = [{"image": item["image"]} for item in items[: args.loader_images]]
+    head = Compose([
+        LoadChestImaged(keys="image"),
+        Resized(keys="image", spatial_size=(args.loader_size, args.loader_size), mode="area"),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ])
+
+    def one_pass(dataset):
+        count = 0
+        for batch in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, shuffle=False):
+            count += int(batch["image"].shape[0])
+        return count
+
+    cpu = torch.device("cpu")
+    uncached_t, cached_t = Timed(), Timed()
+    uncached = Dataset(items, head)
+    cache_dir = os.path.join(work, "loader_cache")
+    peak_rss_reset()
+    start = time.perf_counter()
+    cached = DiskCacheDataset(items, head, cache_dir=cache_dir, num_workers=args.workers)
+    build_s = time.perf_counter() - start
+    build_peak = peak_rss_mb()
+    for _ in range(args.repeats):
+        uncached_t.run(lambda: one_pass(uncached), len(items), cpu)
+        cached_t.run(lambda: one_pass(cached), len(items), cpu)
+    size_bytes = sum(f.stat().st_size for f in Path(cached.entry).iterdir())
+    source_bytes = sum(os.path.getsize(item["image"]) for item in items)
+    out = pair(cached_t, uncached_t)
+    return {
+        "images": len(items),
+        "source_size": args.loader_source_size,
+        "cached_size": args.loader_size,
+        "workers": args.workers,
+        "uncached": out["plain"],
+        "cached": out["bundle"],
+        "ratio_cached_over_uncached": out["ratio"],
+        "run_ratios": out["run_ratios"],
+        "cache_build_s": round(build_s, 3),
+        "cache_build_peak_rss_mb": round(build_peak, 1),
+        "cache_mb": round(size_bytes / 2**20, 2),
+        "source_png_mb": round(source_bytes / 2**20, 2),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- memory
+
+
+class SyntheticImaged(Transform):
+    """Deterministic stand-in for decoding: item ``i`` becomes a ``(1, size, size)`` image drawn from seed ``i``."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, data):
+        rng = np.random.default_rng(int(data["index"]))
+        d = dict(data)
+        d["image"] = rng.random((1, self.size, self.size), dtype=np.float32)
+        d["label"] = np.float32(data["index"] % 2)
+        return d
+
+
+def memory_child(images: int, size: int, cache_dir: str, build_only: bool) -> dict:
+    """One process: build the cache (``build_only``) or run one training epoch over it and report peak RSS."""
+    from monai.transforms import Compose, RandFlipd
+
+    from chestzoo.data import DiskCacheDataset
+
+    items = [{"index": i} for i in range(images)]
+    transform = Compose([SyntheticImaged(size), RandFlipd(keys="image", prob=0.5, spatial_axis=1)])
+    dataset = DiskCacheDataset(items, transform, cache_dir=cache_dir, settings={"size": size})
+    if build_only:
+        return {"entry": os.path.basename(dataset.entry)}
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 1),
+    )
+    optimizer = torch.optim.Adam(network.parameters(), 1e-3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, num_workers=0)
+    start = time.perf_counter()
+    seen = 0
+    for batch in loader:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(batch["image"]).squeeze(1), batch["label"].float())
+        loss.backward()
+        optimizer.step()
+        seen += int(batch["image"].shape[0])
+    return {"images": seen, "epoch_s": round(time.perf_counter() - start, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def memory_benchmark(work: str, counts: list[int], size: int) -> dict:
+    runs = []
+    for n in counts:
+        cache_dir = os.path.join(work, f"memory_cache_{n}")
+        for build_only in (True, False):  # build in one process, measure the epoch in a fresh one
+            command = [sys.executable, __file__, "_memory_child", "--images", str(n), "--memory-size", str(size), "--cache", cache_dir]
+            done = subprocess.run(command + (["--build-only"] if build_only else []), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory run for {n} images failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        runs.append({"images": n, **result})
+    return {"image_size": size, "runs": runs, "ratio_largest_over_smallest": runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]}
+
+
+# ------------------------------------------------------------------------------------------------------- report
+
+
+TARGETS = {"train": 0.95, "inference": 0.95, "loader": 5.0, "memory": 1.10}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpu_cores_available']} cores available, {m['memory_gb']} GB, device {m['device']}"
+        + (f" ({m['gpu']})" if m["gpu"] else ", no GPU") + f"; load average at start {m['load_average_at_start']}; torch {m['torch']}, MONAI {m['monai']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| measurement | bundle / cached | plain PyTorch / uncached | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result in report["bundles"].items():
+        if "skipped" in result:
+            lines.append(f"| {name} | not measured: {result['skipped']} | | | |")
+            continue
+        for kind in ("train", "inference"):
+            r = result[kind]
+            lines.append(
+                f"| {name} {kind} ({result['network']}, {result['image_size']} px, batch {result['batch_size']}) | {r['bundle']['images_per_s']:.2f} img/s, "
+                f"peak RSS {r['bundle']['peak_rss_mb']:.0f} MB | {r['plain']['images_per_s']:.2f} img/s, peak RSS {r['plain']['peak_rss_mb']:.0f} MB | "
+                f"{r['ratio']:.3f} | >= {TARGETS[kind]} {'met' if r['ratio'] >= TARGETS[kind] else 'MISSED'} |"
+            )
+    if report.get("loader"):
+        r = report["loader"]
+        lines.append(
+            f"| data loader, {r['images']} PNGs {r['source_size']}x{r['source_size']} -> {r['cached_size']}x{r['cached_size']}, {r['workers']} workers | "
+            f"{r['cached']['images_per_s']:.1f} img/s (build {r['cache_build_s']:.1f} s, {r['cache_mb']} MB) | {r['uncached']['images_per_s']:.1f} img/s | "
+            f"{r['ratio_cached_over_uncached']:.1f} | >= {TARGETS['loader']} {'met' if r['ratio_cached_over_uncached'] >= TARGETS['loader'] else 'MISSED'} |"
+        )
+    if report.get("memory"):
+        r = report["memory"]
+        small, large = r["runs"][0], r["runs"][-1]
+        ratio = r["ratio_largest_over_smallest"]
+        lines.append(
+            f"| peak RSS of a training epoch, cached {r['image_size']}x{r['image_size']} images | {large['images']} images: {large['peak_rss_mb']:.0f} MB | "
+            f"{small['images']} images: {small['peak_rss_mb']:.0f} MB | {ratio:.3f} | <= {TARGETS['memory']} {'met' if ratio <= TARGETS['memory'] else 'MISSED'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "_memory_child"])
+    parser.add_argument("--out", default="benchmarks/results/benchmark.json")
+    parser.add_argument("--markdown", default=None, help="also write the README table here")
+    parser.add_argument("--bundles", default="cxr14_lse_classification,rsna_pneumonia_classification,cxr_lung_segmentation,cxr14_gmvae,cxr_pathology_detection,rsna_pneumonia_detection,lung_ct_dcgan")
+    parser.add_argument("--settings", default="real", choices=["real", "demo", "test"], help="bundle settings: config defaults (pretrained off), or BUNDLE_RUNS demo/test overrides")
+    parser.add_argument("--image-size", type=int, default=128, help="network input size (0: the settings' own)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=4, help="batches per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each kind, after one warm-up")
+    parser.add_argument("--loader-images", type=int, default=64, help="PNGs for the data-loader measurement (0: skip)")
+    parser.add_argument("--loader-source-size", type=int, default=1024)
+    parser.add_argument("--loader-size", type=int, default=512, help="cached size of the loader measurement")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers in the loader measurement")
+    parser.add_argument("--memory-images", default="1000,20000", help="comma-separated dataset sizes for the memory measurement ('': skip)")
+    parser.add_argument("--memory-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workdir", default=None, help="where synthetic data and caches go (default: a temporary folder)")
+    parser.add_argument("--images", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.mode == "_memory_child":
+        print(json.dumps(memory_child(args.images, args.memory_size, args.cache, args.build_only)))
+        return {}
+
+    device = torch.device(args.device)
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = {"command": command, "machine": machine(str(device)), "targets": TARGETS, "bundles": {}, "loader": None, "memory": None}
+    with tempfile.TemporaryDirectory(prefix="chestzoo_bench_") as temporary:
+        work = args.workdir or temporary
+        for name in [b for b in args.bundles.split(",") if b]:
+            print(f"bundle {name} ...", file=sys.stderr, flush=True)
+            report["bundles"][name] = bundle_benchmark(name, work, args, device)
+        if args.loader_images:
+            print("data loader ...", file=sys.stderr, flush=True)
+            report["loader"] = loader_benchmark(work, args)
+        counts = [int(n) for n in args.memory_images.split(",") if n]
+        if counts:
+            print("memory ...", file=sys.stderr, flush=True)
+            report["memory"] = memory_benchmark(work, counts, args.memory_size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=4)
+    table = markdown(report)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()
