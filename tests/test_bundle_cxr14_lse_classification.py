@@ -98,7 +98,7 @@ def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
         epochs_run.append(count)
     assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
 
@@ -183,7 +183,7 @@ def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     n_train = len(json.load(open(os.path.join(bundle_dataset, "datalist.json")))["training"])
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])
-    assert os.path.isfile(tmp_path / "models" / "model.pt")
+    assert sorted(os.listdir(tmp_path / "models")) == ["checkpoint_epoch=1.pt", "model.pt"], "rank 0 alone writes, once"
 
 
 def test_inference_reads_png_and_dicom_alike(bundle_outputs, tmp_path):

@@ -155,7 +155,7 @@ def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
         epochs_run.append(count)
     assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
 
 
 def test_real_settings_are_the_default():

@@ -57,7 +57,7 @@ def test_evaluation_outputs(bundle_outputs):
     for picture in ("01_test_examples.png", "02_rsna_by_iou.png", "03_validation_tuning.png"):
         assert Image.open(os.path.join(out, picture)).size[0] > 100
     state = torch.load(os.path.join(ckpt, "checkpoint_final.pt"), map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer"}  # what a stopped run resumes from
+    assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}  # what a stopped run resumes from
 
 
 def test_inference_outputs(bundle_outputs):
