@@ -117,7 +117,7 @@ def _pip(env: Path, *args: str) -> None:
 def test_exported_zips_run_in_fresh_virtual_environments(tmp_path, synthetic_data):
     """Each bundle's zip, unpacked, trains and infers in a new venv with only its metadata's packages.
 
-    PyTorch and MONAI (the versions the metadata names) are installed once into a runtime venv; each bundle's venv is
+    PyTorch and MONAI with its runner's `fire` (the versions the metadata names) are installed once into a runtime venv; each bundle's venv is
     a plain ``python -m venv`` that sees that runtime through a ``.pth`` line and gets its own
     ``required_packages_version`` by pip. Nothing from this environment leaks in: no system site-packages, and
     ``import chestzoo`` fails there.
@@ -129,7 +129,7 @@ def test_exported_zips_run_in_fresh_virtual_environments(tmp_path, synthetic_dat
     (torch_version, monai_version), = versions
     runtime = tmp_path / "runtime"
     venv.create(runtime, with_pip=True)
-    _pip(runtime, f"torch=={torch_version}", f"monai=={monai_version}")
+    _pip(runtime, f"torch=={torch_version}", f"monai[fire]=={monai_version}")  # fire: the runner's command line
     timings = {"runtime venv": round(time.perf_counter() - start)}
     for name in NAMES:
         t0 = time.perf_counter()
