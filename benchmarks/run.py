@@ -194,6 +194,8 @@ def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
         and type(evaluator)._iteration is SupervisedEvaluator._iteration
         and type(trainer.inferer).__name__ == "SimpleInferer"
         and "_iteration" not in vars(trainer)  # an iteration_update replaces it on the instance
+        # a custom prepare_batch (the GMVAE passes labels to the network) needs its own plain loop
+        and getattr(trainer.prepare_batch, "__name__", type(trainer.prepare_batch).__name__) in ("default_prepare_batch", "PrepareBatchDefault")
     )
     if type(trainer) is not SupervisedTrainer or not default_iteration:
         return {"skipped": SUPPORTED_NOTE, "trainer": type(trainer).__name__}
