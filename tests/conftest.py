@@ -30,3 +30,14 @@ def synthetic_data(tmp_path_factory):
         return written[key]
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """Runs write into temporary folders only: a config parsed with its default ``bundle_root`` ('.') would write
+    ``eval/`` or ``models/`` into the folder pytest runs from."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    before = set(os.listdir(root))
+    yield
+    added = sorted(set(os.listdir(root)) - before - {".pytest_cache"})
+    assert not added, f"the tests wrote {added} into the repository root"

@@ -102,10 +102,10 @@ def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
 
-def test_eight_label_variant(bundle_dataset):
+def test_eight_label_variant(bundle_dataset, tmp_path):
     parser = ConfigParser()
     parser.read_config(config("train"))
-    parser.update({**RUN.test, "dataset_dir": bundle_dataset, "label_set": "box"})
+    parser.update({**RUN.test, "dataset_dir": bundle_dataset, "output_dir": str(tmp_path), "label_set": "box"})
     assert parser.get_parsed_content("labels") == list(NIH_BOX_LABELS)
     assert parser.get_parsed_content("network_def").classifier.out_features == 8
     item = parser.get_parsed_content("train#dataset").data[0]
