@@ -181,8 +181,13 @@ def test_box_datalist(archive):
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
-    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        synth.write(tmp_path / name, patients=8, size=32, seed=seed)
+    """Also across processes: each gets its own string-hash seed, so nothing may depend on the order of a set."""
+    import subprocess
+    import sys
+
+    for name, seed, hash_seed in (("a", 5, "1"), ("b", 5, "2"), ("c", 6, "1")):
+        code = f"from chestzoo.data.synth import nih; nih.write({str(tmp_path / name)!r}, patients=30, size=32, seed={seed})"
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
     assert _tree_hash(tmp_path / "a") == _tree_hash(tmp_path / "b") != _tree_hash(tmp_path / "c")
 
 

@@ -77,7 +77,8 @@ def render_image(seed: int, patient: int, follow_up: int, findings, size: int) -
 
 
 def _draw_findings(rng: np.random.Generator, previous: set[str]) -> set[str]:
-    findings = {f for f in previous if f in CHRONIC and rng.random() < CHRONIC_PERSISTENCE}
+    # sorted: a set of strings iterates in a hash order that changes from one process to the next
+    findings = {f for f in sorted(previous) if f in CHRONIC and rng.random() < CHRONIC_PERSISTENCE}
     for name in NIH_LABELS:
         if rng.random() < max(NIH_PREVALENCE[name], PREVALENCE_FLOOR):
             findings.add(name)
