@@ -208,7 +208,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
         datalist="datalist_boxes.json",
         # demo target: test mAP@0.5 >= 0.5 with a compact Faster R-CNN from scratch (bundles/cxr_pathology_detection/
         # docs/README.md). Its own synthetic set: 40% of the patients on the official test list, where the boxed films
-        # are, gives 122 boxed training films; at 160 x 160 with the default 25% (80 films) it stayed near 0.33
+        # are, gives 133 boxed training films; at 160 x 160 with the default 25% (80 films) it stayed near 0.33
         demo_data={"patients": 300, "size": 128, "test_fraction": 0.4},
         demo={
             "backbone": "resnet18_fpn",
