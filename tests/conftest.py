@@ -32,6 +32,37 @@ def synthetic_data(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def trained_bundles(synthetic_data, tmp_path_factory):
+    """The bundles `chestzoo serve` serves, trained (train.json only) with the tests' settings into
+    ``<root>/<name>/models``; shared by the web page's and the MONAI Label app's tests."""
+    from monai.bundle import ConfigWorkflow
+
+    from chestzoo.bundle_runs import BUNDLE_RUNS
+    from chestzoo.serve import ROLES
+
+    bundles = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles")
+    root = tmp_path_factory.mktemp("trained_bundles")
+    for name in ROLES:
+        run = BUNDLE_RUNS[name]
+        workflow = ConfigWorkflow(
+            config_file=os.path.join(bundles, name, "configs", "train.json"),
+            meta_file=os.path.join(bundles, name, "configs", "metadata.json"),
+            logging_file=False,
+            workflow_type="train",
+            bundle_root=os.path.join(bundles, name),
+            dataset_dir=synthetic_data(run.dataset, **run.test_data),
+            ckpt_dir=str(root / name / "models"),
+            output_dir=str(root / name / "eval"),
+            **run.test,
+        )
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        assert (root / name / "models" / "model.pt").is_file(), f"training {name} wrote no model.pt"
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def repository_stays_clean():
     """Runs write into temporary folders only: a config parsed with its default ``bundle_root`` ('.') would write

@@ -138,32 +138,6 @@ def _browser_binaries():
     return chromium, driver
 
 
-@pytest.fixture(scope="module")
-def trained_models(synthetic_data, tmp_path_factory):
-    """The six served bundles trained (train.json only) with the tests' settings into ``<root>/<name>/models``."""
-    from monai.bundle import ConfigWorkflow
-
-    root = tmp_path_factory.mktemp("serve_models")
-    for name in ROLES:
-        run = BUNDLE_RUNS[name]
-        workflow = ConfigWorkflow(
-            config_file=str(BUNDLES / name / "configs" / "train.json"),
-            meta_file=str(BUNDLES / name / "configs" / "metadata.json"),
-            logging_file=False,
-            workflow_type="train",
-            bundle_root=str(BUNDLES / name),
-            dataset_dir=synthetic_data(run.dataset, **run.test_data),
-            ckpt_dir=str(root / name / "models"),
-            output_dir=str(root / name / "eval"),
-            **run.test,
-        )
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-        assert (root / name / "models" / "model.pt").is_file(), f"training {name} wrote no model.pt"
-    return root
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,7 +145,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def server(trained_models, tmp_path):
+def server(trained_bundles, tmp_path):
     """``chestzoo serve`` in a subprocess on a free port of 127.0.0.1, its temporary files in a folder of its own."""
     port = _free_port()
     server_tmp = tmp_path / "server_tmp"
@@ -179,7 +153,7 @@ def server(trained_models, tmp_path):
     log = open(tmp_path / "server.log", "w")
     # the untrained-model thresholds would hide every box of a one-epoch detector: show them all
     overrides = {"cxr_pathology_detection": {"default_threshold": 0.0}, "rsna_pneumonia_detection": {"score_threshold": 0.0}}
-    command = [sys.executable, "-m", "chestzoo.cli", "serve", "--port", str(port), "--models", str(trained_models),
+    command = [sys.executable, "-m", "chestzoo.cli", "serve", "--port", str(port), "--models", str(trained_bundles),
                "--settings", "test", "--device", "cpu", "--max_upload_mb", "4", "--overrides", json.dumps(overrides)]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
                                env={**os.environ, "TMPDIR": str(server_tmp)})

@@ -23,7 +23,11 @@ import numpy as np
 import pydicom
 from monai.data import NibabelReader, PILReader, PydicomReader
 from monai.transforms import MapTransform
-from pydicom.pixels import apply_modality_lut
+
+try:
+    from pydicom.pixels import apply_modality_lut
+except ImportError:  # pydicom 2 (the MONAI Label environment pins pydicom below 3)
+    from pydicom.pixel_data_handlers.util import apply_modality_lut
 
 from .errors import DataError
 

@@ -89,17 +89,20 @@ def mask_picture(mask: np.ndarray, size: tuple[int, int], colour=(70, 150, 255))
 
 
 class ServedModels:
-    """The bundles of :data:`ROLES`, loaded from ``models_dir/<name>/models`` (or ``ckpt_dirs[name]``).
+    """The bundles of :data:`ROLES` (or the subset ``bundles``), loaded from ``models_dir/<name>/models`` (or
+    ``ckpt_dirs[name]``).
 
     ``settings`` (none, demo, test) and ``overrides`` are the config overrides the models were trained with, as in
     ``chestzoo compare``. Model calls are serialised by a lock: Grad-CAM keeps hooks on the network.
     """
 
     def __init__(self, models_dir: str | Path = BUNDLES_DIR, ckpt_dirs: Mapping[str, str] | None = None, settings: str = "none",
-                 overrides: Mapping[str, Mapping] | None = None, device: str | None = None, bundles_dir: str | Path = BUNDLES_DIR):
-        unknown = sorted(set(ckpt_dirs or {}) - set(ROLES))
+                 overrides: Mapping[str, Mapping] | None = None, device: str | None = None, bundles_dir: str | Path = BUNDLES_DIR,
+                 bundles: Sequence[str] | None = None):
+        self.roles = {name: ROLES[name] for name in ROLES if bundles is None or name in bundles}
+        unknown = sorted((set(ckpt_dirs or {}) | set(bundles or ())) - set(ROLES))
         if unknown:
-            raise ValueError(f"ckpt_dirs names unknown bundles {unknown}; served bundles are {sorted(ROLES)}")
+            raise ValueError(f"unknown bundles {unknown}; served bundles are {sorted(ROLES)}")
         self.device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
         self.settings = settings
         self.models: dict[str, BundleModel] = {}
@@ -108,7 +111,7 @@ class ServedModels:
         self.lock = threading.Lock()
         self.cache: OrderedDict[str, dict] = OrderedDict()
         bundles_dir = Path(bundles_dir)
-        for name in ROLES:
+        for name in self.roles:
             ckpt = Path((ckpt_dirs or {}).get(name, Path(models_dir) / name / "models"))
             try:
                 model = BundleModel(bundles_dir / name, ckpt, settings_overrides(name, settings, overrides), self.device)
@@ -169,7 +172,7 @@ class ServedModels:
         return {
             "device": str(self.device),
             "settings": self.settings,
-            "bundles": {name: {"role": role, "ready": name in self.models, **self.problems.get(name, {})} for name, role in ROLES.items()},
+            "bundles": {name: {"role": role, "ready": name in self.models, **self.problems.get(name, {})} for name, role in self.roles.items()},
             "labels": list(getattr(self, "labels", NIH_LABELS)),
             "heatmap_methods": list(getattr(self, "heatmap_methods", [])),
             "thresholds": getattr(self, "thresholds_source", None),
@@ -189,20 +192,20 @@ class ServedModels:
         layers: dict = {}
         with self.lock, torch.no_grad():
             if "cxr14_lse_classification" in self.models:
-                results["findings"], cached = self._findings(path)
+                results["findings"], cached = self.findings(path)
                 self._remember(token, {**cached, "size": size})
                 layers["heatmap_finding"] = results["findings"][0]["label"]
             if "cxr_pathology_detection" in self.models:
-                results["pathology_boxes"] = self._pathology_boxes(path)
+                results["pathology_boxes"] = self.pathology_boxes(path)
             if "rsna_pneumonia_detection" in self.models:
-                results["opacity_boxes"] = self._opacity_boxes(path)
+                results["opacity_boxes"] = self.opacity_boxes(path)
             if "cxr_lung_segmentation" in self.models:
-                lungs = self._lungs(path)
+                lungs = self.lung_masks(path).any(axis=0)  # left and right lung merged
                 results["lungs"] = {"area_fraction": round(float(lungs.mean()), 4)}
                 layers["lungs"] = mask_picture(lungs, size)
         if "heatmap_finding" in layers:
             layers["heatmap"] = self.heatmap(token, layers["heatmap_finding"], self.heatmap_methods[0])
-        results["models"] = {name: ("used" if name in self.models else "not available") for name in ROLES if "samples" not in ROLES[name]}
+        results["models"] = {name: ("used" if name in self.models else "not available") for name, role in self.roles.items() if "samples" not in role}
         return {"token": token, "picture": png_data_url(picture), "display": {"height": size[0], "width": size[1]},
                 "results": results, "layers": layers}
 
@@ -211,7 +214,8 @@ class ServedModels:
         while len(self.cache) > CACHE_IMAGES:
             self.cache.popitem(last=False)
 
-    def _findings(self, path: str) -> tuple[list[dict], dict]:
+    def findings(self, path: str) -> tuple[list[dict], dict]:
+        """The 14 findings of the image file ``path``, most probable first, and the classifier input (for heatmaps)."""
         model = self.models["cxr14_lse_classification"]
         x = torch.as_tensor(model.prepare(path)["image"]).float()[None].to(self.device)
         logits = model.network(x)[0]
@@ -234,7 +238,8 @@ class ServedModels:
             heat = self.heatmaps(entry["x"], self.labels.index(finding))[method].numpy()
         return heatmap_picture(heat, entry["size"])
 
-    def _pathology_boxes(self, path: str) -> list[dict]:
+    def pathology_boxes(self, path: str) -> list[dict]:
+        """NIH pathology boxes above their tuned thresholds, in the file's pixels, best first."""
         from ..visualize.boxes import class_colour
 
         model = self.models["cxr_pathology_detection"]
@@ -249,7 +254,8 @@ class ServedModels:
                               "colour": "rgb({},{},{})".format(*class_colour(int(label)))})
         return sorted(boxes, key=lambda b: -b["score"])
 
-    def _opacity_boxes(self, path: str) -> list[dict]:
+    def opacity_boxes(self, path: str) -> list[dict]:
+        """RSNA opacity boxes after the tuned score threshold and NMS, in the file's pixels."""
         from ..engines.rsna_detection import DetectionRecords
         from ..metrics.rsna import postprocess
 
@@ -263,11 +269,12 @@ class ServedModels:
         return [{"label": name, "score": round(float(s), 4), "box": [round(float(v), 1) for v in b], "colour": "rgb(255,140,0)"}
                 for b, s in zip(kept["boxes"], kept["scores"])]
 
-    def _lungs(self, path: str) -> np.ndarray:
+    def lung_masks(self, path: str) -> np.ndarray:
+        """The lung masks (C, H, W) at the network's size: left and right lung, or one merged channel."""
         model = self.models["cxr_lung_segmentation"]
         x = torch.as_tensor(model.prepare(path)["image"]).float()[None].to(self.device)
         pred = model.postprocessing({"pred": model.network(x)[0]})["pred"]
-        return (torch.as_tensor(pred) > 0.5).any(dim=0).cpu().numpy()  # left and right lung merged
+        return (torch.as_tensor(pred) > 0.5).cpu().numpy()
 
     # ---- generators ----------------------------------------------------------------------------------------------
 
