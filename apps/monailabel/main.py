@@ -50,6 +50,16 @@ STUDY_FILES = ["*.png", "*.jpg", "*.jpeg", "*.dcm"]
 LOG_TAIL = 3000  # characters of a failed training's log put into the error
 
 
+def single_image(path: str) -> str:
+    """The image file of a request: a DICOMweb datastore hands over a series folder, which for a radiograph holds one file."""
+    if not os.path.isdir(path):
+        return path
+    files = sorted(f for f in Path(path).iterdir() if f.is_file())
+    if len(files) != 1:
+        raise HTTPException(status_code=422, detail=f"a chest X-ray series holds one image; {path} holds {len(files)} files")
+    return str(files[0])
+
+
 class BundleInfer(InferTask):
     """One served bundle; its checkpoint is (re)loaded when it appears or changes, e.g. after a training run."""
 
@@ -75,11 +85,12 @@ class BundleInfer(InferTask):
             served = self._served
         if self.name in served.problems:
             problem = served.problems[self.name]
-            raise HTTPException(status_code=409, detail=f"{problem['message']} {problem['command']}")
+            raise HTTPException(status_code=409, detail=f"{problem['message']} {problem['command']} -- or save labels here and "
+                                                        f"train it from MONAI Label (POST /train/{self.name}).")
         return served
 
     def __call__(self, request) -> tuple[str | None, dict]:
-        path = request["image"]
+        path = single_image(request["image"])
         try:
             shape = read_image(path).shape[-2:]
             result, label = predict(self.served(), self.name, path, shape)
@@ -174,6 +185,8 @@ class ChestZooApp(MONAILabelApp):
                          version="0.1.0")
 
     def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):  # DICOMweb (e.g. Orthanc behind OHIF)
+            return super().init_datastore()
         return LocalDatastore(self.studies, extensions=STUDY_FILES, auto_reload=server_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                               read_only=server_settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
