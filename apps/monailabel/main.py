@@ -118,10 +118,12 @@ class BundleTrain(TrainTask):
         super().__init__(f"Train chestzoo {name} on the labelled chest X-rays")
         self.name, self.models_dir, self.settings, self.label_tag = name, models_dir, settings, label_tag
         self.overrides = settings_overrides(name, settings)
+        config = json.loads((BUNDLES_DIR / name / "configs" / "train.json").read_text())
+        self.max_epochs = int(self.overrides.get("max_epochs", config["max_epochs"]))
         self.label_suffix = ".png" if SERVED[name] == "segmentation" else ".json"
 
     def config(self):
-        return {"max_epochs": int(self.overrides.get("max_epochs", 1)), "validation_fraction": 0.2}
+        return {"max_epochs": self.max_epochs, "validation_fraction": 0.2}
 
     def stats(self):
         path = self.models_dir / self.name / "models" / "monailabel_train.json"
@@ -138,7 +140,7 @@ class BundleTrain(TrainTask):
             datalist = training_datalist(self.name, labelled, run_dir, float(request.get("validation_fraction", 0.2)))
         except DataError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
-        epochs = int(request.get("max_epochs", self.config()["max_epochs"]))
+        epochs = int(request.get("max_epochs", self.max_epochs))
         overrides = {**self.overrides, "dataset_dir": str(run_dir), "datalist": datalist, "ckpt_dir": str(run_dir / "models"),
                      "output_dir": str(run_dir / "eval"), "max_epochs": epochs}
         command = bundle_command(BUNDLES_DIR, self.name, "train", overrides)
