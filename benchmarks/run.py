@@ -4,10 +4,14 @@
 
 Measured, each pair in the same process and on the same data, so that the ratios mean something on a shared machine:
 
-- per bundle (those whose trainer is MONAI's ``SupervisedTrainer``): training and inference images/s of the bundle's
-  own ``train#trainer`` and ``validate#evaluator`` (its handlers, post-processing and metrics included) against a plain
-  PyTorch loop running the same network object, loss and optimiser on the same pre-collated batches; runs alternate
-  bundle, plain, bundle, plain, ... after one warm-up each; peak resident memory of each;
+- per bundle: training and inference images/s of the bundle's own ``train#trainer`` and ``validate#evaluator`` (the
+  GAN, which has no validation: evaluate.json's ``evaluator`` on latent vectors), with their handlers,
+  post-processing and metrics, against a plain PyTorch loop running the same network objects, losses and optimisers
+  on the same pre-collated batches (``supervised_loops``: ``loss(network(x), y)``, the GMVAE's labels passed as
+  ``y`` and its evaluation through ``network.bounds``; ``detection_loops``: the torchvision detector in train mode on
+  images and targets, the loss dict summed, the trainer's accumulation and clipping; ``gan_loops``: one
+  discriminator and one generator step per batch as ``GanTrainer`` does); runs alternate bundle, plain, bundle,
+  plain, ... after one warm-up each; peak resident memory of each;
 - data loader: images/s from 1024 x 1024 PNGs written by ``chestzoo synth nih``, decoded and resized on every access
   (``monai.data.Dataset``) against the same items read from ``chestzoo.data.DiskCacheDataset`` (build time reported);
 - memory: peak resident memory of one training epoch over N cached synthetic images, each N in a fresh process.
@@ -19,6 +23,7 @@ This folder is a script folder, not a package (DESIGN.md: no importable package 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -34,7 +39,7 @@ import torch
 from monai.transforms import Transform
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED_NOTE = "trainer is not MONAI's SupervisedTrainer with its default iteration: no plain loop written for it"
+SUPPORTED_NOTE = "no plain loop here reproduces this trainer's or evaluator's iteration"
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -134,11 +139,23 @@ def synthetic_dataset(dataset: str, root: str, **options) -> str:
     return root
 
 
-def to_device_batch(batch: dict, device: torch.device, cuda_path: bool) -> dict:
-    """Pre-collated batch, prepared once so that both loops read identical tensors (pinned, channels-last on CUDA)."""
+class Batches(list):
+    """Pre-collated batches handed to an engine as its data loader (``GanTrainer`` reads ``data_loader.batch_size``)."""
+
+    def __init__(self, batches, batch_size: int):
+        super().__init__(batches)
+        self.batch_size = batch_size
+
+
+def to_device_batch(batch, device: torch.device, cuda_path: bool):
+    """A batch prepared once so that both loops read identical plain tensors (pinned, channels-last on CUDA).
+
+    ``batch`` is a collated dict, or a list of item dicts (the detectors' ``no_collation``).
+    """
+    if isinstance(batch, list):
+        return [to_device_batch(item, device, cuda_path) for item in batch]
     out = dict(batch)
-    for key in ("image", "label"):
-        value = out.get(key)
+    for key, value in out.items():
         if isinstance(value, torch.Tensor):
             value = value.as_tensor() if hasattr(value, "as_tensor") else value
             if cuda_path and key == "image" and value.ndim == 4:
@@ -147,17 +164,217 @@ def to_device_batch(batch: dict, device: torch.device, cuda_path: bool) -> dict:
     return out
 
 
-def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
-    from monai.bundle import ConfigParser
-    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+def batch_images(batch) -> int:
+    return len(batch) if isinstance(batch, list) else int(batch["image"].shape[0])
 
+
+def _autocast(enabled: bool):
+    return torch.autocast("cuda") if enabled else contextlib.nullcontext()
+
+
+def _finite(name: str, loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name}: plain loop loss is {loss.item()}")
+
+
+def _optimise(loss, optimizer, scaler, parameters=None, clip: float | None = None, step: bool = True) -> None:
+    """Backward (scaled under AMP); then, where ``step``, clip the gradient norm and step, as the bundles' trainers do."""
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if not step:
+        return
+    if scaler is not None and clip:
+        scaler.unscale_(optimizer)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+# Plain loops: ``<kind>_loops(trainer, evaluator, device, amp) -> (train(batches), infer(batches))`` doing what the
+# bundle's engines compute, without ignite, handlers, metrics or post-processing.
+
+
+def supervised_loops(trainer, evaluator, device, amp):
+    """``SupervisedTrainer``: ``loss(network(x, **extra), y)``; ``extra`` from a ``PrepareBatchExtraInput`` (the GMVAE
+    passes its labels as ``y``). Inference: ``network(x)``, or ``network.bounds`` where the evaluator's inferer is the
+    GMVAE's ``BoundsInferer`` (same sample count and seed)."""
+    from chestzoo.metrics.gmvae_evaluation import BoundsInferer
+
+    network, loss_function, optimizer = trainer.network, trainer.loss_function, trainer.optimizer
+    extra = dict(getattr(trainer.prepare_batch, "extra_keys", None) or {})
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    inferer = evaluator.inferer
+    bounds_generator = torch.Generator(device=device).manual_seed(inferer.seed) if isinstance(inferer, BoundsInferer) else None
+
+    def inputs(batch):
+        return batch["image"].to(device, non_blocking=True), {k: batch[v].to(device, non_blocking=True) for k, v in extra.items()}
+
+    def train(batches):
+        network.train()
+        for batch in batches:
+            x, kwargs = inputs(batch)
+            y = batch["label"].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(amp):
+                loss = loss_function(network(x, **kwargs), y)
+            _finite(type(network).__name__, loss)
+            _optimise(loss, optimizer, scaler)
+
+    def infer(batches):
+        network.eval()
+        with torch.no_grad():
+            for batch in batches:
+                x, kwargs = inputs(batch)
+                with _autocast(amp):
+                    if bounds_generator is not None:
+                        network.bounds(x, kwargs.get("y"), inferer.samples, bounds_generator)
+                    else:
+                        network(x)
+
+    return train, infer
+
+
+def detection_loops(trainer, evaluator, device, amp):
+    """``DetectionTrainer``: the torchvision detector in train mode on images and targets, its loss dict summed, the
+    trainer's gradient accumulation and norm clipping. Inference: the detector in eval mode, predictions to the CPU."""
+    network, optimizer = trainer.network, trainer.optimizer
+    accumulate, clip = int(trainer.accumulation_steps), trainer.clip_grad_norm
+    mask_key = getattr(trainer.prepare_batch, "mask_key", None)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+
+    def targets(batch):
+        out = []
+        for item in batch:
+            target = {"boxes": item["box"].to(device).reshape(-1, 4).float(), "labels": item["box_label"].to(device).reshape(-1).long()}
+            if mask_key:
+                target["masks"] = item[mask_key].to(device, torch.uint8)
+            out.append(target)
+        return out
+
+    def images(batch):
+        return [item["image"].to(device, torch.float32, non_blocking=True) for item in batch]
+
+    def train(batches):
+        network.train()
+        for index, batch in enumerate(batches):
+            if index % accumulate == 0:
+                optimizer.zero_grad(set_to_none=True)
+            with _autocast(amp):
+                loss = sum(network(images(batch), targets(batch)).values())
+            _finite(type(network).__name__, loss)
+            step = (index + 1) % accumulate == 0 or index + 1 == len(batches)
+            _optimise(loss / accumulate if accumulate > 1 else loss, optimizer, scaler, network.parameters(), clip, step)
+
+    def infer(batches):
+        network.eval()
+        with torch.no_grad():
+            for batch in batches:
+                with _autocast(amp):
+                    [{k: v.cpu() for k, v in p.items()} for p in network(images(batch))]
+
+    return train, infer
+
+
+def gan_loops(trainer, evaluator, device, amp):
+    """``GanTrainer``: per batch ``d_train_steps`` discriminator steps on fakes from fresh latents and the reals, then one
+    generator step on new fakes (the trainer's losses and optimisers; no AMP, as GanTrainer has none). Inference: the
+    generator on the evaluator's latent vectors, images to the CPU."""
+    from monai.networks import eval_mode
+
+    generator, discriminator = trainer.g_network, trainer.d_network
+    latent_size, batch_size = trainer.latent_shape, trainer.data_loader.batch_size
+
+    def latents():
+        return torch.randn(batch_size, latent_size).to(device)
+
+    def train(batches):
+        for batch in batches:
+            reals = batch["image"].to(device, non_blocking=True)
+            fakes = generator(latents())
+            for _ in range(trainer.d_train_steps):
+                trainer.d_optimizer.zero_grad(set_to_none=True)
+                d_loss = trainer.d_loss_function(fakes, reals)
+                _finite("discriminator", d_loss)
+                _optimise(d_loss, trainer.d_optimizer, None)
+            fakes = generator(latents()) if trainer.g_update_latents else fakes
+            trainer.g_optimizer.zero_grad(set_to_none=True)
+            g_loss = trainer.g_loss_function(fakes)
+            _finite("generator", g_loss)
+            _optimise(g_loss, trainer.g_optimizer, None)
+
+    def infer(batches):
+        with eval_mode(generator), torch.no_grad():
+            for batch in batches:
+                with _autocast(amp):
+                    generator(batch["image"].to(device, non_blocking=True)).cpu()
+
+    return train, infer
+
+
+def plain_loops(trainer, evaluator):
+    """The plain-loop builder for this trainer and evaluator, or None (reported as not measured) for an engine whose
+    iteration no plain loop here reproduces."""
+    from monai.engines import GanTrainer, SupervisedEvaluator, SupervisedTrainer
+    from monai.engines.utils import PrepareBatchDefault, PrepareBatchExtraInput, default_prepare_batch
+    from monai.inferers import SimpleInferer
+
+    from chestzoo.engines.detection import DetectionEvaluator, DetectionTrainer
+    from chestzoo.metrics.gmvae_evaluation import BoundsInferer
+
+    def default(engine, base):
+        return type(engine)._iteration is base._iteration and "_iteration" not in vars(engine)  # iteration_update replaces it
+
+    if type(trainer) is GanTrainer and default(trainer, GanTrainer) and isinstance(evaluator, SupervisedEvaluator):
+        return gan_loops
+    if type(trainer) is DetectionTrainer and type(evaluator) is DetectionEvaluator and evaluator.tta is None:
+        return detection_loops
+    prepare = trainer.prepare_batch
+    if (
+        type(trainer) is SupervisedTrainer and default(trainer, SupervisedTrainer) and isinstance(trainer.inferer, SimpleInferer)
+        and (prepare is default_prepare_batch or type(prepare) is PrepareBatchDefault
+             or (type(prepare) is PrepareBatchExtraInput and isinstance(prepare.extra_keys, dict)))
+        and type(evaluator) is SupervisedEvaluator and default(evaluator, SupervisedEvaluator)
+        and type(evaluator.inferer) in (SimpleInferer, BoundsInferer)
+    ):
+        return supervised_loops
+    return None
+
+
+def parse_bundle_config(bundle: Path, config: str, overrides: dict):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / f"{config}.json"))
+    # nested overrides only where the config has the parent (the GAN bundle has no validate section)
+    parser.update({k: v for k, v in overrides.items() if "#" not in k or k.split("#")[0] in parser.get()})
+    if any("set_determinism" in str(expression) for expression in parser.get("initialize", [])):
+        parser.get_parsed_content("initialize")
+    return parser
+
+
+def bundle_engines(bundle: Path, overrides: dict):
+    """train.json's trainer and its data loader, and the evaluator whose inference is timed with the batches it reads:
+    train.json's ``validate#evaluator`` where there is one (on the training batches), else evaluate.json's
+    ``evaluator`` (the GAN: the trained generator on latent vectors) with only its collecting handlers."""
+    parser = parse_bundle_config(bundle, "train", overrides)
+    trainer, loader = parser.get_parsed_content("train#trainer"), parser.get_parsed_content("train#dataloader")
+    if "validate" in parser.get():
+        return trainer, loader, parser.get_parsed_content("validate#evaluator"), None
+    generator = trainer.g_network
+    evaluate = parse_bundle_config(bundle, "evaluate", {**overrides, "handlers": "$[@collector]"})
+    evaluate["network"] = generator  # the same network object as the trainer's
+    return trainer, loader, evaluate.get_parsed_content("evaluator"), evaluate.get_parsed_content("dataloader")
+
+
+def bundle_overrides(name: str, bundle: Path, work: str, args, device: torch.device) -> tuple[dict, int | None]:
     from chestzoo.bundle_runs import BUNDLE_RUNS
 
     run = BUNDLE_RUNS[name]
-    bundle = ROOT / "bundles" / name
     settings = {"real": {"pretrained": False}, "demo": run.demo, "test": run.test}[args.settings]
     size = args.image_size or settings.get("image_size")
-    cuda_path = device.type == "cuda"
     n_images = args.batch_size * args.batches
     data_dir = synthetic_dataset(run.dataset, os.path.join(work, f"data_{run.dataset}"), patients=max(16, n_images), size=max(64, size or 64))
     overrides = {
@@ -172,87 +389,63 @@ def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
         "val_interval": 10**6,  # no validation inside the timed training epochs
         "resume": False,
         "cache_dir": None,
-        "amp": cuda_path,
+        "amp": device.type == "cuda",
         "device": f"$torch.device('{device}')",
         "validate#handlers": [],  # the evaluator alone: no early stopping or checkpoint writing
+        "eval_samples": n_images,  # the GAN's latent vectors for inference
     }
     if size:
         overrides["image_size"] = size
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    # nested overrides only where the config has the parent (the GAN bundle has no validate section)
-    parser.update({k: v for k, v in overrides.items() if "#" not in k or k.split("#")[0] in parser.get()})
-    for expression in parser.get("initialize", []):
-        if "set_determinism" in str(expression):
-            parser.get_parsed_content("initialize")
-            break
-    trainer = parser.get_parsed_content("train#trainer")
-    evaluator = parser.get_parsed_content("validate#evaluator") if "validate" in parser.get() else None
-    default_iteration = (
-        type(trainer)._iteration is SupervisedTrainer._iteration
-        and isinstance(evaluator, SupervisedEvaluator)
-        and type(evaluator)._iteration is SupervisedEvaluator._iteration
-        and type(trainer.inferer).__name__ == "SimpleInferer"
-        and "_iteration" not in vars(trainer)  # an iteration_update replaces it on the instance
-        # a custom prepare_batch (the GMVAE passes labels to the network) needs its own plain loop
-        and getattr(trainer.prepare_batch, "__name__", type(trainer.prepare_batch).__name__) in ("default_prepare_batch", "PrepareBatchDefault")
-    )
-    if type(trainer) is not SupervisedTrainer or not default_iteration:
-        return {"skipped": SUPPORTED_NOTE, "trainer": type(trainer).__name__}
+    return overrides, size
 
-    loader = parser.get_parsed_content("train#dataloader")
-    batches = [to_device_batch(b, device, cuda_path) for b in itertools.islice(itertools.cycle(loader), args.batches)]
-    images = sum(int(b["image"].shape[0]) for b in batches)
-    network, loss_function, optimizer = trainer.network, trainer.loss_function, trainer.optimizer
+
+def time_pair(bundle_fn, plain_fn, images: int, device: torch.device, repeats: int) -> dict:
+    """One warm-up each (first-call allocation, lazy init, cudnn search), then ``repeats`` alternating timed runs."""
+    bundle_t, plain_t = Timed(), Timed()
+    bundle_t.run(bundle_fn, images, device, record=False)
+    plain_t.run(plain_fn, images, device, record=False)
+    for _ in range(repeats):
+        bundle_t.run(bundle_fn, images, device)
+        plain_t.run(plain_fn, images, device)
+    return pair(bundle_t, plain_t)
+
+
+def run_engine(engine, batches: Batches) -> None:
+    engine.data_loader = batches
+    engine.state.epoch_length = len(batches)
+    engine.run()
+
+
+def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
+    bundle = ROOT / "bundles" / name
+    cuda_path = device.type == "cuda"
+    overrides, size = bundle_overrides(name, bundle, work, args, device)
+    trainer, loader, evaluator, infer_loader = bundle_engines(bundle, overrides)
+    loops = plain_loops(trainer, evaluator)
+    if loops is None:
+        return {"skipped": SUPPORTED_NOTE, "trainer": type(trainer).__name__, "evaluator": type(evaluator).__name__}
+
+    def collate(source) -> Batches:
+        return Batches([to_device_batch(b, device, cuda_path) for b in itertools.islice(itertools.cycle(source), args.batches)], args.batch_size)
+
+    train_batches = collate(loader)
+    infer_batches = collate(infer_loader) if infer_loader is not None else train_batches
+    network = trainer.g_network if hasattr(trainer, "g_network") else trainer.network
     if cuda_path:
         network.to(memory_format=torch.channels_last)
-    scaler = torch.amp.GradScaler("cuda") if cuda_path else None
-
-    def bundle_train():
-        trainer.data_loader = batches
-        trainer.state.epoch_length = len(batches)
-        trainer.run()
-
-    def plain_train():
-        network.train()
-        for batch in batches:
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["label"].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=cuda_path):
-                loss = loss_function(network(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{name}: plain loop loss is {loss.item()}")
-
-    def bundle_infer():
-        evaluator.data_loader = batches
-        evaluator.state.epoch_length = len(batches)
-        evaluator.run()
-
-    def plain_infer():
-        network.eval()
-        with torch.no_grad():
-            for batch in batches:
-                x = batch["image"].to(device, non_blocking=True)
-                with torch.autocast("cuda", enabled=cuda_path):
-                    network(x)
-
-    result = {"image_size": size, "batch_size": args.batch_size, "batches": len(batches), "network": type(network).__name__}
-    for kind, (bundle_fn, plain_fn) in {"train": (bundle_train, plain_train), "inference": (bundle_infer, plain_infer)}.items():
-        bundle_t, plain_t = Timed(), Timed()
-        bundle_t.run(bundle_fn, images, device, record=False)  # warm-up: first-call allocation, lazy init, cudnn search
-        plain_t.run(plain_fn, images, device, record=False)
-        for _ in range(args.repeats):
-            bundle_t.run(bundle_fn, images, device)
-            plain_t.run(plain_fn, images, device)
-        result[kind] = pair(bundle_t, plain_t)
+    trainer.data_loader = train_batches  # before building the loops: the GAN's latent batch size is the loader's
+    plain_train, plain_infer = loops(trainer, evaluator, device, cuda_path)
+    result = {
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "batches": len(train_batches),
+        "network": type(network).__name__,
+        "trainer": type(trainer).__name__,
+        "plain_loop": loops.__name__,
+    }
+    for kind, engine, batches, plain_fn in (("train", trainer, train_batches, plain_train), ("inference", evaluator, infer_batches, plain_infer)):
+        images = sum(batch_images(b) for b in batches)
+        result[kind] = time_pair(lambda: run_engine(engine, batches), lambda: plain_fn(batches), images, device, args.repeats)
     return result
 
 
