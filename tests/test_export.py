@@ -113,11 +113,29 @@ def _pip(env: Path, *args: str) -> None:
     assert done.returncode == 0, f"pip install {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
+def _runtime_venv(torch_version: str, monai_version: str) -> Path:
+    """A venv holding only PyTorch and MONAI (with fire), made once per version pair in
+    ``$CHESTZOO_EXPORT_RUNTIME_DIR`` (default ``~/.cache/chestzoo``): installing PyTorch takes minutes, and the venv
+    never receives anything else, so reusing it keeps the test's premise."""
+    root = Path(os.environ.get("CHESTZOO_EXPORT_RUNTIME_DIR", Path.home() / ".cache" / "chestzoo"))
+    runtime = root / f"export-runtime-torch{torch_version}-monai{monai_version}"
+    if not (runtime / "complete").is_file():
+        building = root / f"{runtime.name}.building{os.getpid()}"
+        shutil.rmtree(building, ignore_errors=True)
+        venv.create(building, with_pip=True)
+        _pip(building, f"torch=={torch_version}", f"monai[fire]=={monai_version}")  # fire: the runner's command line
+        shutil.rmtree(runtime, ignore_errors=True)
+        building.rename(runtime)  # a venv's scripts name its folder; only .pth lines into site-packages use it here
+        (runtime / "complete").write_text(f"torch=={torch_version} monai[fire]=={monai_version}\n")
+    return runtime
+
+
 @pytest.mark.slow
 def test_exported_zips_run_in_fresh_virtual_environments(tmp_path, synthetic_data):
     """Each bundle's zip, unpacked, trains and infers in a new venv with only its metadata's packages.
 
-    PyTorch and MONAI with its runner's `fire` (the versions the metadata names) are installed once into a runtime venv; each bundle's venv is
+    PyTorch and MONAI with its runner's `fire` (the versions the metadata names) are installed once into a runtime venv
+    (kept between sessions, see :func:`_runtime_venv`); each bundle's venv is
     a plain ``python -m venv`` that sees that runtime through a ``.pth`` line and gets its own
     ``required_packages_version`` by pip. Nothing from this environment leaks in: no system site-packages, and
     ``import chestzoo`` fails there.
@@ -127,9 +145,7 @@ def test_exported_zips_run_in_fresh_virtual_environments(tmp_path, synthetic_dat
     versions = {(m["pytorch_version"], m["monai_version"]) for m in metas.values()}
     assert len(versions) == 1, f"the bundles name different PyTorch / MONAI versions: {versions}"
     (torch_version, monai_version), = versions
-    runtime = tmp_path / "runtime"
-    venv.create(runtime, with_pip=True)
-    _pip(runtime, f"torch=={torch_version}", f"monai[fire]=={monai_version}")  # fire: the runner's command line
+    runtime = _runtime_venv(torch_version, monai_version)
     timings = {"runtime venv": round(time.perf_counter() - start)}
     for name in NAMES:
         t0 = time.perf_counter()
