@@ -178,3 +178,15 @@ def test_reads_come_from_disk_not_memory(tmp_path):
     assert not torch.equal(data[1]["image"], torch.ones(1, 16, 16))
     out = data[2]["image"]
     out += 1  # a writable copy, not a view of a read-only buffer
+
+
+def test_building_leaves_the_global_random_state_alone(tmp_path):
+    """A run that builds the cache and a run that finds it draw the same random numbers after the same seed."""
+    items = write_pngs(tmp_path, 3)
+    draws = []
+    for _ in range(2):  # first: builds the entry; second: reads it
+        torch.manual_seed(0)
+        DiskCacheDataset(items, chain(), cache_dir=tmp_path / "cache")
+        draws.append(torch.rand(4))
+    torch.manual_seed(0)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], torch.rand(4))

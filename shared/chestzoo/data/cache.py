@@ -225,7 +225,10 @@ def _identity(x):
 def build_cache(items, compose: Compose, end, folder: str, array_keys, dtypes, info: dict, num_workers: int = 0, progress: Callable | None = None) -> None:
     """Write a cache entry into ``folder`` (a temporary folder; the caller renames it into place)."""
     os.makedirs(folder)
-    loader = torch.utils.data.DataLoader(_Head(items, compose, end), batch_size=None, num_workers=num_workers, collate_fn=_identity)
+    # an own generator: the loader's base seed would otherwise come from the global torch RNG, so that a run that
+    # builds the cache and a run that finds it would initialise and train differently after the same seed
+    loader = torch.utils.data.DataLoader(_Head(items, compose, end), batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                                         generator=torch.Generator())
     arrays: dict[str, np.ndarray] = {}
     others: list[dict] = []
     kinds: dict[str, dict] = {}

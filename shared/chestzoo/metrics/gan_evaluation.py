@@ -98,13 +98,25 @@ def latent_items(num_samples: int, latent_size: int, seed: int = 0, latents_file
     return [{"image": z} for z in latents]
 
 
-def stack_images(items: Sequence[dict], transform, max_items: int | None = None, seed: int = 0) -> tuple[torch.Tensor, list[dict]]:
-    """Apply ``transform`` to (at most ``max_items`` randomly chosen, in order) items; return (N, C, H, W) and the items used."""
+def stack_images(items: Sequence[dict], transform, max_items: int | None = None, seed: int = 0, cache_dir=None,
+                 cache_dtype: str = "float16") -> tuple[torch.Tensor, list[dict]]:
+    """Apply ``transform`` to (at most ``max_items`` randomly chosen, in order) items; return (N, C, H, W) and the items used.
+
+    With ``cache_dir`` the transformed images are read from (or written once to) the preprocessing cache
+    (:class:`chestzoo.data.DiskCacheDataset`, images stored as ``cache_dtype``: float16 by default, since windowed
+    images lie in [-1, 1]); the same items and transform as a training dataset share its cache entry.
+    """
+    from ..data.cache import DiskCacheDataset, cache_enabled
+
     items = list(items)
     if max_items and len(items) > int(max_items):
         keep = np.sort(np.random.default_rng(seed).choice(len(items), int(max_items), replace=False))
         items = [items[i] for i in keep]
-    images = [torch.as_tensor(np.asarray(transform(dict(item))["image"])).float() for item in items]
+    if cache_enabled(cache_dir) and items:
+        dataset = DiskCacheDataset(items, transform, cache_dir=cache_dir, dtypes={"image": cache_dtype})
+        images = [torch.as_tensor(np.asarray(dataset[i]["image"])).float() for i in range(len(items))]
+    else:
+        images = [torch.as_tensor(np.asarray(transform(dict(item))["image"])).float() for item in items]
     return torch.stack(images), items
 
 
