@@ -26,8 +26,9 @@ BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(BUNDLE, "configs")
 # the learning test: the demo's compact detector on a smaller synthetic set; the bars sit well below what it reaches
 LEARN_DATA = {"patients": 200, "size": 64}
-LEARN = {**RUN.demo, "max_epochs": 4, "resume": False, "examples": 0}
-LEARN_MIN_RSNA = 0.25
+# 4 epochs scored 0.16-0.55 depending on the seed (cached or not); 8 epochs scored 0.67-0.93 over seeds 0, 1 and 2
+LEARN = {**RUN.demo, "max_epochs": 8, "resume": False, "examples": 0}
+LEARN_MIN_RSNA = 0.40
 LEARN_MIN_AUROC = 0.85
 
 
