@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -28,6 +26,7 @@ from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import DataError, read_image
 from chestzoo.data.labels import NIH_BOX_LABELS, NIH_LABELS
 from chestzoo.labelling import SERVED, lung_label, read_annotation, training_datalist
+from local_server import free_port, running
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 APP = PROJECT_ROOT / "apps" / "monailabel"
@@ -126,12 +125,6 @@ def monailabel_env():
     return venv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None, timeout: float = 600):
     """(status, body bytes) of one HTTP request; error statuses are returned, not raised."""
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -166,38 +159,15 @@ def label_server(monailabel_env, trained_bundles, studies, tmp_path_factory):
     """``monailabel start_server`` with a copy of the app (the server writes logs and folders into its app folder)."""
     work = tmp_path_factory.mktemp("monailabel")
     shutil.copytree(APP, work / "app", ignore=shutil.ignore_patterns("model", "lib", "logs", "bin", "__pycache__"))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{monailabel_env / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(monailabel_env),
            "HOME": str(work)}  # MONAI Label keeps its sessions under ~/.cache
     env.pop("PYTHONPATH", None)
     command = ["monailabel", "start_server", "--app", str(work / "app"), "--studies", str(studies), "--host", "127.0.0.1",
                "--port", str(port), "--conf", "models", str(trained_bundles), "--conf", "settings", "test"]
-    log_path = work / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(work), env=env)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"MONAI Label exited ({process.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                status, body = _request(url + "info/", timeout=5)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"MONAI Label did not answer in time:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        yield {"url": url, "info": json.loads(body), "log": log_path, "models": trained_bundles}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running(command, work / "server.log", url + "info/", "MONAI Label", timeout=300, cwd=str(work), env=env) as info:
+        yield {"url": url, "info": info, "log": work / "server.log", "models": trained_bundles}
 
 
 @pytest.mark.slow

@@ -10,11 +10,7 @@ import io
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,7 @@ from PIL import Image
 
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.serve import ROLES, ServedModels, create_app
+from local_server import free_port, running
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = PROJECT_ROOT / "bundles"
@@ -138,48 +135,20 @@ def _browser_binaries():
     return chromium, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(trained_bundles, tmp_path):
     """``chestzoo serve`` in a subprocess on a free port of 127.0.0.1, its temporary files in a folder of its own."""
-    port = _free_port()
+    port = free_port()
     server_tmp = tmp_path / "server_tmp"
     server_tmp.mkdir()
-    log = open(tmp_path / "server.log", "w")
     # the untrained-model thresholds would hide every box of a one-epoch detector: show them all
     overrides = {"cxr_pathology_detection": {"default_threshold": 0.0}, "rsna_pneumonia_detection": {"score_threshold": 0.0}}
     command = [sys.executable, "-m", "chestzoo.cli", "serve", "--port", str(port), "--models", str(trained_bundles),
                "--settings", "test", "--device", "cpu", "--max_upload_mb", "4", "--overrides", json.dumps(overrides)]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
-                               env={**os.environ, "TMPDIR": str(server_tmp)})
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"chestzoo serve exited ({process.returncode}):\n{(tmp_path / 'server.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "api/status", timeout=5) as answer:
-                    status = json.load(answer)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"chestzoo serve did not answer in time:\n{(tmp_path / 'server.log').read_text()[-4000:]}")
-                time.sleep(0.5)
+    with running(command, tmp_path / "server.log", url + "api/status", "chestzoo serve", cwd=str(tmp_path),
+                 env={**os.environ, "TMPDIR": str(server_tmp)}) as status:
         yield {"url": url, "status": status, "tmp": server_tmp, "log": tmp_path / "server.log"}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture()
