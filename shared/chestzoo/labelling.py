@@ -23,6 +23,7 @@ from PIL import Image
 from .data import DataError
 from .data.labels import NIH_BOX_LABELS, NIH_LABELS, NIH_NO_FINDING, RSNA_CLASSES, RSNA_TARGETS
 from .data.montgomery import MASK_CHANNELS
+from .data.rsna import BOX_CLASSES, OPACITY_CLASS
 
 # served bundle -> MONAI Label task type
 SERVED = {
@@ -31,7 +32,7 @@ SERVED = {
     "rsna_pneumonia_detection": "detection",
     "cxr_lung_segmentation": "segmentation",
 }
-RSNA_BOX_LABEL = RSNA_CLASSES[2]  # "Lung Opacity"
+RSNA_BOX_LABEL = BOX_CLASSES[0]  # "Lung Opacity"
 LABEL_NAMES = {
     "cxr14_lse_classification": list(NIH_LABELS),
     "cxr_pathology_detection": list(NIH_BOX_LABELS),
@@ -117,7 +118,7 @@ def _item(name: str, image: str, label: str, work_dir: Path) -> dict:
         return {"image": image, "patient": patient, "label": [int(n in findings) for n in NIH_LABELS],
                 "box": [b["box"] for b in boxes], "box_label": [NIH_BOX_LABELS.index(b["label"]) for b in boxes]}
     boxes = [b for b in annotation["boxes"] if b["label"] == RSNA_BOX_LABEL]
-    return {"image": image, "patient": patient, "label": int(bool(boxes)), "class": RSNA_CLASSES.index(RSNA_BOX_LABEL) if boxes else 0,
+    return {"image": image, "patient": patient, "label": int(bool(boxes)), "class": OPACITY_CLASS if boxes else 0,
             "box": [b["box"] for b in boxes], "box_label": [0] * len(boxes)}
 
 
@@ -153,7 +154,7 @@ def training_datalist(name: str, labelled: Sequence[tuple[str, str]], work_dir: 
     if name == "cxr_lung_segmentation":
         datalist["mask_channels"] = list(MASK_CHANNELS)
     elif name == "rsna_pneumonia_detection":
-        datalist.update(labels=list(RSNA_TARGETS), classes=list(RSNA_CLASSES), box_classes=[RSNA_BOX_LABEL])
+        datalist.update(labels=list(RSNA_TARGETS), classes=list(RSNA_CLASSES), box_classes=list(BOX_CLASSES))
     else:
         datalist.update(labels=list(NIH_LABELS), box_classes=list(NIH_BOX_LABELS))
     return write_datalist(datalist, work_dir / "datalist.json", file_keys=("image", "mask"))
