@@ -66,6 +66,43 @@ def test_dictionary_version_keeps_meta_and_other_keys():
     assert isinstance(out["pred"], MetaTensor) and out["pred"].meta["filename_or_obj"] == "x.png"
 
 
+def _monai_reference(mask, components, min_relative_size, fill_holes, connectivity):
+    """The same cleaning with MONAI's own transforms, one channel at a time."""
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent
+    from scipy import ndimage
+
+    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=connectivity, num_components=components)
+    fill = FillHoles(applied_labels=[1], connectivity=connectivity)
+    out = []
+    for channel in (mask > 0.5).astype(np.uint8):
+        kept = np.asarray(keep(torch.from_numpy(channel[None])))[0].astype(bool)
+        labels, count = ndimage.label(kept, structure=ndimage.generate_binary_structure(2, connectivity or 2))
+        if count >= 2 and min_relative_size > 0:
+            sizes = np.bincount(labels.ravel())[1:]
+            kept = np.isin(labels, np.flatnonzero(sizes >= min_relative_size * sizes.max()) + 1)
+        if fill_holes:
+            kept = np.asarray(fill(kept[None].astype(np.uint8)))[0].astype(bool)
+        out.append(kept)
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("connectivity", [None, 1])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_same_masks_as_monai_transforms_on_noisy_predictions(connectivity, channels):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(channels * 10 + (connectivity or 0))
+    for _ in range(20):
+        # smoothed noise thresholded: blobs of many sizes, with holes, islands and touching pairs
+        noise = ndimage.gaussian_filter(rng.random((channels, 40, 48)), sigma=(0, 2, 2))
+        mask = (noise > np.quantile(noise, rng.uniform(0.3, 0.7))).astype(np.float32)
+        for min_size, fill in ((0.1, True), (0.0, False), (0.5, True)):
+            n = 2 if channels == 1 else 1
+            expected = _monai_reference(mask, n, min_size, fill, connectivity)
+            out = KeepLungs(min_relative_size=min_size, fill_holes=fill, connectivity=connectivity)(mask)
+            np.testing.assert_array_equal(out, expected)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         KeepLungs(components=0)

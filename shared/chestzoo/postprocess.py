@@ -2,9 +2,11 @@
 
 A lung-field segmentation should hold two large blobs (or one per channel when left and right lung are separate
 channels). Stray islands of false positives elsewhere - a U-Net's typical reaction to noise - are removed by
-keeping only the largest components, and pinholes (an opacity mistaken for background) are filled. Built on
-MONAI's ``KeepLargestConnectedComponent`` and ``FillHoles``, applied one channel at a time: MONAI treats a
-multi-channel input as one-hot with channel 0 as background, which a left/right lung pair is not.
+keeping only the largest components, and pinholes (an opacity mistaken for background) are filled. The result is
+that of MONAI's ``KeepLargestConnectedComponent`` then ``FillHoles`` applied one channel at a time (MONAI treats a
+multi-channel input as one-hot with channel 0 as background, which a left/right lung pair is not), computed with
+one ``scipy.ndimage.label`` of the mask and one of its background: MONAI's hole filling grows the outside
+background pixel by pixel, which cost more than the U-Net's forward pass at 64 x 64 in every validation.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform, Transform
+from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
@@ -39,35 +41,37 @@ class KeepLungs(Transform):
         self.components = components
         self.min_relative_size = float(min_relative_size)
         self.fill_holes = fill_holes
-        self.connectivity = connectivity
+        self.structure = ndimage.generate_binary_structure(2, connectivity or 2)
 
     def __call__(self, img):
-        data = torch.as_tensor(np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img))
+        data = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
         if data.ndim != 3:
             raise ValueError(f"expected a (C, H, W) mask, got shape {tuple(data.shape)}")
         n = self.components or (2 if data.shape[0] == 1 else 1)
-        keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=self.connectivity, num_components=n)
-        fill = FillHoles(applied_labels=[1], connectivity=self.connectivity)
-        out = []
-        for channel in (data > 0.5).to(torch.uint8):
-            mask = torch.as_tensor(keep(channel[None].clone()))
-            mask = self._drop_small(mask[0].numpy().astype(bool))
-            if self.fill_holes:
-                mask = np.asarray(fill(mask[None].astype(np.uint8)))[0].astype(bool)
-            out.append(mask)
+        out = [self._clean(channel > 0.5, n) for channel in data]
         result = np.stack(out).astype(np.float32)
         return convert_to_dst_type(result, img, dtype=img.dtype if hasattr(img, "dtype") else None)[0]
 
-    def _drop_small(self, mask: np.ndarray) -> np.ndarray:
-        if self.min_relative_size <= 0 or not mask.any():
+    def _clean(self, mask: np.ndarray, n: int) -> np.ndarray:
+        labels, count = ndimage.label(mask, structure=self.structure)
+        if count == 0:
             return mask
-        structure = ndimage.generate_binary_structure(2, self.connectivity or 2)
-        labels, count = ndimage.label(mask, structure=structure)
-        if count < 2:
-            return mask
-        sizes = np.bincount(labels.ravel())[1:]
-        keep = np.flatnonzero(sizes >= self.min_relative_size * sizes.max()) + 1
-        return np.isin(labels, keep)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        keep = np.ones(count + 1, dtype=bool)
+        if count > n:  # the n largest, ties ranked as MONAI ranks them
+            keep[:] = False
+            keep[np.argsort(sizes)[::-1][:n]] = True
+        keep &= sizes >= self.min_relative_size * sizes.max()
+        keep[0] = False
+        mask = keep[labels]
+        if self.fill_holes:
+            background, regions = ndimage.label(~mask, structure=self.structure)
+            hole = np.ones(regions + 1, dtype=bool)
+            hole[0] = False
+            hole[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
+            mask |= hole[background]
+        return mask
 
 
 class KeepLungsd(MapTransform):
