@@ -49,6 +49,20 @@ def test_left_right_channels_keep_one_component_each():
     np.testing.assert_array_equal(out[1].astype(bool), right)
 
 
+def test_a_batch_is_cleaned_image_by_image():
+    right, left = _two_lungs()
+    first = (right | left).astype(np.float32)
+    second = first.copy()
+    first[44, 2] = 1  # a stray pixel
+    second[12:16, 7:11] = 0  # a hole
+    batch = torch.from_numpy(np.stack([first, second])[:, None])
+    out = KeepLungs()(batch)
+    assert out.shape == (2, 1, 48, 40)
+    for i in range(2):
+        np.testing.assert_array_equal(out[i].numpy(), KeepLungs()(batch[i]).numpy())
+        np.testing.assert_array_equal(out[i, 0].numpy().astype(bool), right | left)
+
+
 def test_fill_holes_can_be_switched_off_and_probabilities_are_thresholded():
     right, left = _two_lungs()
     mask = (right | left).astype(np.float32) * 0.9

@@ -22,7 +22,8 @@ from scipy import ndimage
 
 
 class KeepLungs(Transform):
-    """Binary lung masks ``(C, H, W)`` -> the ``components`` largest components per channel, holes filled.
+    """Binary lung masks ``(C, H, W)`` (or a batch of them) -> the ``components`` largest components per channel,
+    holes filled.
 
     Args:
         components: components kept per channel; ``None`` means 2 for a single merged channel (both lungs) and 1
@@ -44,12 +45,13 @@ class KeepLungs(Transform):
         self.structure = ndimage.generate_binary_structure(2, connectivity or 2)
 
     def __call__(self, img):
+        """``img``: a ``(C, H, W)`` mask, or a ``(B, C, H, W)`` batch (an engine that does not decollate)."""
         data = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
-        if data.ndim != 3:
-            raise ValueError(f"expected a (C, H, W) mask, got shape {tuple(data.shape)}")
-        n = self.components or (2 if data.shape[0] == 1 else 1)
-        out = [self._clean(channel > 0.5, n) for channel in data]
-        result = np.stack(out).astype(np.float32)
+        if data.ndim not in (3, 4):
+            raise ValueError(f"expected a (C, H, W) mask or a (B, C, H, W) batch, got shape {tuple(data.shape)}")
+        n = self.components or (2 if data.shape[-3] == 1 else 1)
+        out = [self._clean(channel > 0.5, n) for channel in data.reshape(-1, *data.shape[-2:])]
+        result = np.stack(out).reshape(data.shape).astype(np.float32)
         return convert_to_dst_type(result, img, dtype=img.dtype if hasattr(img, "dtype") else None)[0]
 
     def _clean(self, mask: np.ndarray, n: int) -> np.ndarray:
