@@ -88,43 +88,41 @@ def _sync(device: torch.device) -> None:
 
 
 class Timed:
-    """Accumulates seconds, images and peak RSS over the runs of one kind (bundle or plain)."""
+    """Seconds, images and peak RSS of each run of one kind (bundle or plain); summaries are medians over runs, which
+    one run slowed by another process on a shared machine does not move."""
 
     def __init__(self):
-        self.seconds, self.images, self.peak_rss_mb, self.runs = 0.0, 0, 0.0, []
+        self.images, self.peak_rss_mb, self.runs = [], 0.0, []
 
     def run(self, function, images: int, device: torch.device, record: bool = True):
+        """Times ``function()``; where it returns a ``time.perf_counter()`` value, the run ends there instead."""
         peak_rss_reset()
         _sync(device)
         start = time.perf_counter()
-        function()
+        ended = function()
         _sync(device)
-        seconds = time.perf_counter() - start
+        seconds = (ended if isinstance(ended, float) else time.perf_counter()) - start
         if record:
-            self.seconds += seconds
-            self.images += images
+            self.images.append(images)
             self.runs.append(seconds)
             self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb())
         return seconds
 
     def result(self) -> dict:
         return {
-            "images": self.images,
-            "seconds": round(self.seconds, 4),
-            "images_per_s": self.images / self.seconds,
-            "run_seconds": [round(s, 4) for s in self.runs],
+            "images": sum(self.images),
+            "seconds": round(sum(self.runs), 4),
+            "images_per_s": float(np.median([n / s for n, s in zip(self.images, self.runs)])),
+            "run_seconds": self.runs,
             "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
 
 
 def pair(bundle: Timed, plain: Timed) -> dict:
-    b, p = bundle.result(), plain.result()
-    return {
-        "bundle": b,
-        "plain": p,
-        "ratio": b["images_per_s"] / p["images_per_s"],
-        "run_ratios": [ps / bs for bs, ps in zip(bundle.runs, plain.runs)],
-    }
+    """``ratio``: the median over the alternating runs of plain seconds / bundle seconds (bundle throughput relative
+    to plain), each pair measured back to back so that slow phases of a shared machine hit both sides."""
+    run_ratios = [ps / bs for bs, ps in zip(bundle.runs, plain.runs)]
+    return {"bundle": bundle.result(), "plain": plain.result(), "ratio": float(np.median(run_ratios)), "run_ratios": run_ratios}
 
 
 # ----------------------------------------------------------------------------------------------------- bundles
@@ -410,10 +408,26 @@ def time_pair(bundle_fn, plain_fn, images: int, device: torch.device, repeats: i
     return pair(bundle_t, plain_t)
 
 
-def run_engine(engine, batches: Batches) -> None:
+def run_engine(engine, batches: Batches, device: torch.device = torch.device("cpu")) -> float:
+    """One epoch of ``engine`` on ``batches``; returns when its last epoch handler finished. Handlers of the run's end
+    (the GAN monitor's final curves and sample grid) run once per training however long it is, like the checkpoint
+    savers that ``run`` attaches, so they are left out of an epoch's time."""
+    from ignite.engine import Events
+
+    ended = []
+
+    def epoch_end(_):
+        _sync(device)
+        ended.append(time.perf_counter())
+
     engine.data_loader = batches
     engine.state.epoch_length = len(batches)
-    engine.run()
+    engine.add_event_handler(Events.EPOCH_COMPLETED, epoch_end)  # added last, so it runs after the bundle's own
+    try:
+        engine.run()
+    finally:
+        engine.remove_event_handler(epoch_end, Events.EPOCH_COMPLETED)
+    return ended[-1]
 
 
 def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
@@ -445,7 +459,7 @@ def bundle_benchmark(name: str, work: str, args, device: torch.device) -> dict:
     }
     for kind, engine, batches, plain_fn in (("train", trainer, train_batches, plain_train), ("inference", evaluator, infer_batches, plain_infer)):
         images = sum(batch_images(b) for b in batches)
-        result[kind] = time_pair(lambda: run_engine(engine, batches), lambda: plain_fn(batches), images, device, args.repeats)
+        result[kind] = time_pair(lambda: run_engine(engine, batches, device), lambda: plain_fn(batches), images, device, args.repeats)
     return result
 
 
@@ -578,6 +592,8 @@ def markdown(report: dict) -> str:
         + (f" ({m['gpu']})" if m["gpu"] else ", no GPU") + f"; load average at start {m['load_average_at_start']}; torch {m['torch']}, MONAI {m['monai']}.",
         "",
         f"Command: `{report['command']}`",
+        "",
+        "Images/s: the median over the timed runs; ratio: the median over the alternating runs of plain seconds / bundle seconds.",
         "",
         "| measurement | bundle / cached | plain PyTorch / uncached | ratio | target |",
         "|---|---|---|---|---|",
