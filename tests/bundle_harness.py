@@ -17,11 +17,14 @@ What runs, for ``BUNDLE_RUNS[name]`` (shared/chestzoo/bundle_runs.py):
 - nothing written into the repository: checkpoints and outputs go to pytest's temporary folders.
 
 Fixtures a bundle's own tests can use: ``bundle_dataset`` (the prepared synthetic dataset folder) and
-``bundle_outputs`` (``{"ckpt_dir", "output_dir", "dataset_dir"}`` after the in-process runs).
+``bundle_outputs`` (``{"ckpt_dir", "output_dir", "dataset_dir"}`` after the in-process runs). Checks a bundle's own
+tests call with their details: ``bundle_workflow``, ``check_training_resumes``, ``train_in_two_processes``,
+``check_offline_weights_fail_clearly``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +51,75 @@ def _check(function, *args, **kwargs):
 
 def _tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def config_path(name: str, config: str) -> str:
+    return str(BUNDLES / name / "configs" / f"{config}.json")
+
+
+def bundle_workflow(name: str, config: str, **overrides):
+    """An initialised ``ConfigWorkflow`` of bundle ``name``'s ``config`` (train, evaluate, inference) with ``overrides``."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_path(name, config), meta_file=config_path(name, "metadata"), logging_file=False,
+                              workflow_type=workflow_type(config), bundle_root=str(BUNDLES / name), **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def check_training_resumes(name: str, dataset_dir: str, tmp_path: Path) -> Path:
+    """Trains ``name`` for one epoch, then with ``max_epochs`` 2 into the same folders: the second run must train epoch
+    2 alone, from the first run's checkpoint. Returns the checkpoint folder for the bundle's own checks."""
+    from ignite.engine import Events
+
+    dirs = {"dataset_dir": dataset_dir, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    epochs_run = []
+    for max_epochs in (1, 2):
+        workflow = bundle_workflow(name, "train", **dirs, **{**BUNDLE_RUNS[name].test, "max_epochs": max_epochs})
+        epochs = []
+        workflow.parser.get_parsed_content("train#trainer").add_event_handler(Events.EPOCH_COMPLETED, lambda engine: epochs.append(engine.state.epoch))
+        workflow.run()
+        workflow.finalize()
+        epochs_run.append(epochs)
+    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
+    return tmp_path / "models"
+
+
+def train_in_two_processes(name: str, tmp_path: Path, **overrides) -> None:
+    """``multi_gpu_train.json`` over ``train.json`` in two CPU processes (``torch.distributed.run``, Gloo), run from
+    ``tmp_path`` with the bundle's test settings and ``overrides``; fails with the end of its log."""
+    configs = [config_path(name, "train"), config_path(name, "multi_gpu_train")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
+    command += ["--config_file", json.dumps(configs), "--meta_file", config_path(name, "metadata")]
+    command += override_args({**BUNDLE_RUNS[name].test, "bundle_root": str(BUNDLES / name), **overrides})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=str(tmp_path), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -> None:
+    """With no network and no cached weights, building train.json's pretrained network fails with chestzoo's one-line
+    ``PretrainedWeightsUnavailable`` naming ``--pretrained False``."""
+    from urllib.error import URLError
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    from chestzoo.networks import PretrainedWeightsUnavailable
+
+    def no_network(*args, **kwargs):
+        raise URLError("offline")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    parser = ConfigParser()
+    parser.read_config(config_path(name, "train"))
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("network_def")
+    cause = info.value
+    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None, f"the error must come from the weight loader, got {info.value!r}"
+    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
 
 
 def bundle_tests(name: str) -> dict:

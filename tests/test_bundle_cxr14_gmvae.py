@@ -8,16 +8,16 @@ import os
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from PIL import Image
 
+from bundle_harness import bundle_workflow, check_training_resumes, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_LABELS
 
 NAME = "cxr14_gmvae"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 ARCHITECTURE = ("image_size", "conditional", "latent_dim", "components", "channels", "blocks", "labels", "network_def")
 # the learning test: the demo's network on a smaller synthetic set for fewer epochs; bars well below what it reaches
 LEARN_DATA = {"patients": 200, "size": 64}
@@ -28,14 +28,12 @@ LEARN_MAX_FD_RATIO = 0.6
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def run_configs(names, dirs: dict, **overrides) -> None:
     for name in names:
-        wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None,
-                            bundle_root=BUNDLE, **dirs, **overrides)
-        wf.initialize()
+        wf = bundle_workflow(NAME, name, **dirs, **overrides)
         wf.run()
         wf.finalize()
 
@@ -100,22 +98,7 @@ def test_unconditional_variant_by_one_override(bundle_dataset, tmp_path):
 
 
 def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
-    from ignite.engine import Events
-
-    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    epochs_run = []
-    for max_epochs in (1, 2):
-        wf = ConfigWorkflow(config_file=config("train"), meta_file=config("metadata"), logging_file=False, workflow_type="train",
-                            bundle_root=BUNDLE, **dirs, **{**RUN.test, "max_epochs": max_epochs})
-        wf.initialize()
-        trainer = wf.parser.get_parsed_content("train#trainer")
-        count = []
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: count.append(engine.state.epoch))
-        wf.run()
-        wf.finalize()
-        epochs_run.append(count)
-    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
-    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    state = torch.load(check_training_resumes(NAME, bundle_dataset, tmp_path) / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 

@@ -4,8 +4,8 @@ from bundle_harness import bundle_tests; globals().update(bundle_tests("cxr14_ls
 
 import csv
 import json
+import math
 import os
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -13,14 +13,13 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, check_training_resumes, config_path, train_in_two_processes
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS, NIH_LABELS
-from chestzoo.networks import PretrainedWeightsUnavailable
 
 NAME = "cxr14_lse_classification"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 # the learning test: small synthetic set, small images, a few epochs; these settings measured a test mean AUROC of
 # 0.82, so the bar sits clear of run-to-run noise
 LEARN_DATA = {"patients": 150, "size": 64}
@@ -29,13 +28,11 @@ LEARN_MIN_AUROC = 0.75
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def workflow(name: str, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
-    wf.initialize()
-    return wf
+    return bundle_workflow(NAME, name, **overrides)
 
 
 def test_evaluation_outputs(bundle_outputs):
@@ -84,20 +81,7 @@ def test_inference_outputs(bundle_outputs):
 
 
 def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
-    from ignite.engine import Events
-
-    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    epochs_run = []
-    for max_epochs in (1, 2):
-        wf = workflow("train", **dirs, **{**RUN.test, "max_epochs": max_epochs})
-        trainer = wf.parser.get_parsed_content("train#trainer")
-        count = []
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: count.append(engine.state.epoch))
-        wf.run()
-        wf.finalize()
-        epochs_run.append(count)
-    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
-    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    state = torch.load(check_training_resumes(NAME, bundle_dataset, tmp_path) / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
@@ -131,21 +115,7 @@ def test_real_settings_are_the_default():
 
 
 def test_offline_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def no_network(*args, **kwargs):
-        raise URLError("offline")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    with pytest.raises(RuntimeError) as info:
-        parser.get_parsed_content("network_def")
-    cause = info.value
-    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
-        cause = cause.__cause__ or cause.__context__
-    assert cause is not None, "the error must come from the weight loader"
-    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+    check_offline_weights_fail_clearly(NAME, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
@@ -167,19 +137,7 @@ def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
 @pytest.mark.slow
 def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half of the data."""
-    import math
-    import subprocess
-    import sys
-
-    from chestzoo.bundle_runs import override_args
-
-    overrides = {**RUN.test, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
-    command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
-    command += override_args(overrides)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=env)
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    train_in_two_processes(NAME, tmp_path, dataset_dir=bundle_dataset, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     n_train = len(json.load(open(os.path.join(bundle_dataset, "datalist.json")))["training"])
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])

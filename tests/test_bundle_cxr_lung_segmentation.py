@@ -9,17 +9,17 @@ import os
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.losses import DiceLoss
 from PIL import Image
 
+from bundle_harness import bundle_workflow, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import load_datalist, read_image, read_mask
 
 NAME = "cxr_lung_segmentation"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 # learning test: a small U-Net at 64 x 64 on 28 training radiographs
 LEARN_DATA = {"patients": 40, "size": 64}
 LEARN = {**RUN.test, "image_size": 64, "features": [8, 16, 32, 64, 128, 8], "max_epochs": 6, "batch_size": 4, "resume": False}
@@ -29,13 +29,12 @@ NOISY_MIN_DICE = 0.85
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def run_configs(names, **overrides) -> None:
     for name in names:
-        wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
-        wf.initialize()
+        wf = bundle_workflow(NAME, name, **overrides)
         wf.run()
         wf.finalize()
 

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -14,16 +13,15 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, check_training_resumes, config_path, train_in_two_processes
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS
 from chestzoo.engines.detection import CSV_COLUMNS, DetectionTrainer, DetectionWriter
-from chestzoo.networks import PretrainedWeightsUnavailable
 from chestzoo.networks.detection import TorchvisionDetector, unpack
 
 NAME = "cxr_pathology_detection"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 SMALL = {"backbone": "resnet18_fpn", "fpn_channels": 32, "fpn_stages": [3, 4], "anchor_sizes": [16, 32, 64], "representation_size": 64}
 # the learning test: a mid-size synthetic set, the demo's detector, no TTA. Its boxed splits are small (about 90
 # training, 30 validation and 10 test images), so mAP moves by several points between epochs; the bar sits well below
@@ -34,13 +32,11 @@ LEARN_MIN_MAP = 0.15
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def workflow(name: str, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
-    wf.initialize()
-    return wf
+    return bundle_workflow(NAME, name, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -151,21 +147,7 @@ def test_real_settings_are_the_default():
 
 
 def test_offline_coco_weights_fail_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def no_network(*args, **kwargs):
-        raise URLError("offline")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    with pytest.raises(RuntimeError) as info:
-        parser.get_parsed_content("network_def")
-    cause = info.value
-    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
-        cause = cause.__cause__ or cause.__context__
-    assert cause is not None, "the error must come from the weight loader"
-    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+    check_offline_weights_fail_clearly(NAME, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,20 +249,7 @@ def test_one_prediction_per_image_rule(tmp_path):
 
 
 def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
-    from ignite.engine import Events
-
-    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    epochs_run = []
-    for max_epochs in (1, 2):
-        wf = workflow("train", **dirs, **{**RUN.test, "max_epochs": max_epochs})
-        trainer = wf.parser.get_parsed_content("train#trainer")
-        count = []
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: count.append(engine.state.epoch))
-        wf.run()
-        wf.finalize()
-        epochs_run.append(count)
-    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
-    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    state = torch.load(check_training_resumes(NAME, bundle_dataset, tmp_path) / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
@@ -303,19 +272,7 @@ def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
 @pytest.mark.slow
 def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half, rank 0 validates and saves."""
-    import subprocess
-    import sys
-
-    from chestzoo.bundle_runs import override_args
-
-    overrides = {**RUN.test, "max_epochs": 2, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"),
-                 "output_dir": str(tmp_path / "eval")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
-    command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
-    command += override_args(overrides)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env=env)
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    train_in_two_processes(NAME, tmp_path, max_epochs=2, dataset_dir=bundle_dataset, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     n_train = len(json.load(open(os.path.join(bundle_dataset, RUN.datalist)))["training"])
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])

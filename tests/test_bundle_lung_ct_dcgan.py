@@ -17,6 +17,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
+from bundle_harness import bundle_workflow, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.errors import DataError
 from chestzoo.data.slice_selection import center_square, display_window, generator_items, intensity_range, label_indices, select_items
@@ -26,7 +27,6 @@ from chestzoo.visualize.gan import GeneratedImageWriter
 NAME = "lung_ct_dcgan"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 # The learning test: 32 x 32 slices, 630 updates of small networks with a weight-averaged generator. These
 # settings measured a Frechet distance 23 times below an untrained generator's and a diversity ratio of 0.77, so
 # the bars (4 times, 0.3) sit clear of the run-to-run spread of GAN training.
@@ -37,13 +37,11 @@ LEARN_MIN_DIVERSITY = 0.3
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def run_config(name: str, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False,
-                        workflow_type="train" if name == "train" else "infer", bundle_root=BUNDLE, **overrides)
-    wf.initialize()
+    wf = bundle_workflow(NAME, name, **overrides)
     wf.run()
     wf.finalize()
     return wf

@@ -5,6 +5,7 @@ from bundle_harness import bundle_tests; globals().update(bundle_tests("rsna_pne
 
 import csv
 import json
+import math
 import os
 import shutil
 
@@ -14,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from bundle_harness import bundle_workflow, check_training_resumes, config_path, train_in_two_processes
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import UnreadableFiles
 from chestzoo.data.labels import RSNA_CLASSES, RSNA_TARGETS
@@ -21,7 +23,6 @@ from chestzoo.data.labels import RSNA_CLASSES, RSNA_TARGETS
 NAME = "rsna_pneumonia_classification"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 # learning test: VGG16-BN from scratch at 32 x 32 on 112 training radiographs, three epochs without augmentation
 LEARN_DATA = {"patients": 160, "size": 64}
 LEARN = {**RUN.test, "batch_size": 16, "learning_rate": 0.001, "max_epochs": 3, "augment": False, "resume": False}
@@ -29,13 +30,11 @@ LEARN_MIN_AUROC = 0.8
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def workflow(name: str, **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=None, bundle_root=BUNDLE, **overrides)
-    wf.initialize()
-    return wf
+    return bundle_workflow(NAME, name, **overrides)
 
 
 def run_configs(names, **overrides) -> None:
@@ -142,19 +141,7 @@ def test_unreadable_dicom_stops_or_is_skipped(bundle_dataset, tmp_path):
 
 
 def test_training_resumes_from_the_last_checkpoint(bundle_dataset, tmp_path):
-    from ignite.engine import Events
-
-    dirs = {"dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    epochs_run = []
-    for max_epochs in (1, 2):
-        wf = workflow("train", **dirs, **{**RUN.test, "max_epochs": max_epochs})
-        count = []
-        wf.parser.get_parsed_content("train#trainer").add_event_handler(Events.EPOCH_COMPLETED, lambda e: count.append(e.state.epoch))
-        wf.run()
-        wf.finalize()
-        epochs_run.append(count)
-    assert epochs_run == [[1], [2]], "the second run must go on from epoch 1, not start over"
-    state = torch.load(tmp_path / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    state = torch.load(check_training_resumes(NAME, bundle_dataset, tmp_path) / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert set(state) == {"model", "optimizer", "lr_scheduler", "trainer", "progress"}
 
 
@@ -174,18 +161,7 @@ def test_real_settings_are_the_default():
 @pytest.mark.slow
 def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     """multi_gpu_train.json with two CPU processes (Gloo) and the distributed class-balanced sampler."""
-    import math
-    import subprocess
-    import sys
-
-    from chestzoo.bundle_runs import override_args
-
-    overrides = {**RUN.test, "bundle_root": BUNDLE, "dataset_dir": bundle_dataset, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
-    command += ["--config_file", json.dumps([config("train"), config("multi_gpu_train")]), "--meta_file", config("metadata")]
-    command += override_args(overrides)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=str(tmp_path), env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    train_in_two_processes(NAME, tmp_path, dataset_dir=bundle_dataset, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     n_train = len(json.load(open(os.path.join(bundle_dataset, "datalist.json")))["training"])
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])

@@ -5,7 +5,6 @@ from bundle_harness import bundle_tests; globals().update(bundle_tests("rsna_pne
 import csv
 import json
 import os
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -13,17 +12,16 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import DataError, load_datalist
 from chestzoo.data.synth import rsna as synth_rsna
 from chestzoo.engines.rsna_detection import decode_mask
 from chestzoo.metrics.rsna import read_submission, score_submission
-from chestzoo.networks import PretrainedWeightsUnavailable
 
 NAME = "rsna_pneumonia_detection"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-CONFIGS = os.path.join(BUNDLE, "configs")
 # the learning test: the demo's compact detector on a smaller synthetic set; the bars sit well below what it reaches
 LEARN_DATA = {"patients": 200, "size": 64}
 # 4 epochs scored 0.16-0.55 depending on the seed (cached or not); 8 epochs scored 0.67-0.93 over seeds 0, 1 and 2
@@ -33,14 +31,11 @@ LEARN_MIN_AUROC = 0.85
 
 
 def config(name: str) -> str:
-    return os.path.join(CONFIGS, f"{name}.json")
+    return config_path(NAME, name)
 
 
 def workflow(name: str, **overrides) -> ConfigWorkflow:
-    kind = "train" if name == "train" else "infer"
-    wf = ConfigWorkflow(config_file=config(name), meta_file=config("metadata"), logging_file=False, workflow_type=kind, bundle_root=BUNDLE, **overrides)
-    wf.initialize()
-    return wf
+    return bundle_workflow(NAME, name, **overrides)
 
 
 def test_evaluation_outputs(bundle_outputs):
@@ -203,21 +198,7 @@ def test_real_settings_are_the_default():
 
 
 def test_offline_coco_weights_fail_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def no_network(*args, **kwargs):
-        raise URLError("offline")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    with pytest.raises(Exception) as info:
-        parser.get_parsed_content("network_def")
-    cause = info.value
-    while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
-        cause = cause.__cause__ or cause.__context__
-    assert cause is not None, "the error must come from the weight loader"
-    assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+    check_offline_weights_fail_clearly(NAME, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
