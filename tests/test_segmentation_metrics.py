@@ -1,4 +1,4 @@
-"""Segmentation metrics (chestzoo.metrics.segmentation): HD95 that scores misses, and the report."""
+"""Segmentation metrics (chestzoo.metrics.segmentation): batch Dice as MONAI computes it, HD95 that scores misses, the report."""
 
 import json
 import math
@@ -8,13 +8,33 @@ import pytest
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-from chestzoo.metrics.segmentation import HausdorffDistance95Metric, segmentation_report
+from chestzoo.metrics.segmentation import BatchDiceMetric, HausdorffDistance95Metric, segmentation_report
 
 
 def _square(b, c, x0, x1, size=32):
     m = torch.zeros(b, c, size, size)
     m[..., x0:x1, x0:x1] = 1
     return m
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_batch_dice_gives_monai_dice_values(include_background, ignore_empty):
+    generator = torch.Generator().manual_seed(int(include_background) * 2 + int(ignore_empty))
+    pred = (torch.rand(6, 3, 24, 20, generator=generator) > 0.6).float()
+    truth = (torch.rand(6, 3, 24, 20, generator=generator) > 0.5).float()
+    truth[0, 1] = 0  # empty truth, non-empty prediction
+    truth[2, 2] = pred[2, 2] = 0  # both empty
+    pred[3, 0] = 0  # missed channel
+    ours = BatchDiceMetric(include_background=include_background, ignore_empty=ignore_empty)
+    reference = DiceMetric(include_background=include_background, ignore_empty=ignore_empty)
+    for batch in (slice(0, 4), slice(4, 6)):
+        ours(pred[batch], truth[batch])
+        reference(pred[batch], truth[batch])
+    torch.testing.assert_close(ours.get_buffer(), reference.get_buffer(), equal_nan=True)
+    torch.testing.assert_close(ours.aggregate(), reference.aggregate())
+    with pytest.raises(ValueError, match="one shape"):
+        ours(pred[:, :1], truth)
 
 
 def test_agrees_with_monai_when_both_masks_have_pixels():

@@ -1,4 +1,8 @@
-"""Segmentation metrics on binary masks: MONAI's Dice and IoU, and a 95% Hausdorff distance that cannot hide misses.
+"""Segmentation metrics on binary masks: Dice (MONAI's, for a whole batch at once), MONAI's IoU, and a 95% Hausdorff
+distance that cannot hide misses.
+
+MONAI's ``DiceMetric`` loops over images and channels in Python, which cost about as much as the demo U-Net's
+forward pass in every validation; :class:`BatchDiceMetric` gives the same values from a few tensor sums.
 
 MONAI's ``HausdorffDistanceMetric`` gives NaN for an image whose prediction (or ground truth) is empty, and its mean
 skips NaNs - so a model that finds no lung at all in some images would score *better* on them. Here an empty
@@ -14,7 +18,36 @@ import warnings
 
 import torch
 from monai.handlers import IgniteMetricHandler
-from monai.metrics import HausdorffDistanceMetric
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+
+class BatchDiceMetric(DiceMetric):
+    """MONAI's ``DiceMetric`` on binary ``(B, C, H, W)`` masks, computed for all images and channels at once.
+
+    Same options and values as ``DiceMetric(include_background, reduction, ignore_empty=...)``: a channel whose
+    ground truth is empty scores NaN (skipped by the mean) with ``ignore_empty``, else 1 when the prediction is
+    empty too and 0 when it is not.
+    """
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.ndim < 3 or y_pred.shape != y.shape:
+            raise ValueError(f"expected binary (B, C, spatial...) masks of one shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}")
+        y_pred, y = y_pred.float(), y.float()
+        dims = tuple(range(2, y.ndim))
+        truth, predicted = y.sum(dims), y_pred.sum(dims)
+        dice = 2.0 * (y_pred * y).sum(dims) / (truth + predicted).clamp_min(1e-12)
+        empty = torch.full_like(dice, float("nan")) if self.ignore_empty else (predicted == 0).float()
+        dice = torch.where(truth > 0, dice, empty)
+        return dice if self.include_background else dice[:, 1:]
+
+
+class MeanDice(IgniteMetricHandler):
+    """MONAI's ``MeanDice`` handler on :class:`BatchDiceMetric`."""
+
+    def __init__(self, include_background: bool = True, reduction: str = "mean", ignore_empty: bool = True,
+                 output_transform=lambda x: x, save_details: bool = True):
+        metric = BatchDiceMetric(include_background=include_background, reduction=reduction, ignore_empty=ignore_empty)
+        super().__init__(metric_fn=metric, output_transform=output_transform, save_details=save_details)
 
 
 class HausdorffDistance95Metric(HausdorffDistanceMetric):
