@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -282,7 +283,7 @@ def gan_loops(trainer, evaluator, device, amp):
     generator on the evaluator's latent vectors, images to the CPU."""
     from monai.networks import eval_mode
 
-    generator, discriminator = trainer.g_network, trainer.d_network
+    generator = trainer.g_network
     latent_size, batch_size = trainer.latent_shape, trainer.data_loader.batch_size
 
     def latents():
@@ -656,7 +657,7 @@ def main(argv=None) -> dict:
         return {}
 
     device = torch.device(args.device)
-    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     report = {"command": command, "machine": machine(str(device)), "targets": TARGETS, "bundles": {}, "loader": None, "memory": None}
     with tempfile.TemporaryDirectory(prefix="chestzoo_bench_") as temporary:
         work = args.workdir or temporary
