@@ -113,7 +113,7 @@ def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     parser = ConfigParser()
     parser.read_config(config_path(name, "train"))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("network_def")
     cause = info.value
     while cause is not None and not isinstance(cause, PretrainedWeightsUnavailable):
@@ -128,11 +128,7 @@ def bundle_tests(name: str) -> dict:
         raise KeyError(f"no BUNDLE_RUNS entry for {name!r} in chestzoo/bundle_runs.py")
     run = BUNDLE_RUNS[name]
     bundle = BUNDLES / name
-    configs = bundle / "configs"
-    meta_file = str(configs / "metadata.json")
-
-    def config_file(config: str) -> str:
-        return str(configs / f"{config}.json")
+    meta_file = config_path(name, "metadata")
 
     @pytest.fixture(scope="module", name="bundle_dataset")
     def bundle_dataset(synthetic_data):
@@ -142,23 +138,12 @@ def bundle_tests(name: str) -> dict:
 
     @pytest.fixture(scope="module", name="bundle_outputs")
     def bundle_outputs(bundle_dataset, tmp_path_factory):
-        from monai.bundle import ConfigWorkflow
-
         work = tmp_path_factory.mktemp(f"{name}_run")
         dirs = {"ckpt_dir": str(work / "models"), "output_dir": str(work / "eval"), "dataset_dir": bundle_dataset}
         before = _tree(bundle)
         missing = {}
         for config in run.configs:
-            workflow = ConfigWorkflow(
-                config_file=config_file(config),
-                meta_file=meta_file,
-                logging_file=False,
-                workflow_type=workflow_type(config),
-                bundle_root=str(bundle),
-                **dirs,
-                **run.test,
-            )
-            workflow.initialize()
+            workflow = bundle_workflow(name, config, **dirs, **run.test)
             missing[config] = workflow.check_properties()
             workflow.run()
             workflow.finalize()
@@ -189,8 +174,8 @@ def bundle_tests(name: str) -> dict:
         dirs = {"bundle_root": str(bundle), "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"), "dataset_dir": bundle_dataset}
         overrides = override_args({**run.test, **dirs})
         commands = {
-            "train": [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file("train")],
-            "inference": [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file("inference")],
+            "train": [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_path(name, "train")],
+            "inference": [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_path(name, "inference")],
         }
         for config, command in commands.items():
             if config not in run.configs:
