@@ -32,7 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from chestzoo.bundle_model import BUNDLES_DIR, settings_overrides
-from chestzoo.data import DataError, read_image
+from chestzoo.data import DataError
 from chestzoo.demo import bundle_command
 from chestzoo.labelling import LABEL_NAMES, SERVED, predict, training_datalist
 from chestzoo.serve import ServedModels
@@ -92,8 +92,7 @@ class BundleInfer(InferTask):
     def __call__(self, request) -> tuple[str | None, dict]:
         path = single_image(request["image"])
         try:
-            shape = read_image(path).shape[-2:]
-            result, label = predict(self.served(), self.name, path, shape)
+            result, label = predict(self.served(), self.name, path)
         except DataError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         suffix = ".png" if label is not None else ".json"

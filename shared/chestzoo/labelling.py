@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import DataError
+from .data import DataError, read_image
 from .data.labels import NIH_BOX_LABELS, NIH_LABELS, NIH_NO_FINDING, RSNA_CLASSES, RSNA_TARGETS
 from .data.montgomery import MASK_CHANNELS
 from .data.rsna import BOX_CLASSES, OPACITY_CLASS
@@ -49,19 +49,19 @@ def lung_label(masks: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.asarray(Image.fromarray(label).resize((int(shape[1]), int(shape[0])), Image.NEAREST))
 
 
-def predict(models, name: str, path: str, shape: Sequence[int]) -> tuple[dict, np.ndarray | None]:
-    """Bundle ``name``'s answer for the image file ``path`` of ``shape`` (H, W), through ``models`` (a
+def predict(models, name: str, path: str) -> tuple[dict, np.ndarray | None]:
+    """Bundle ``name``'s answer for the image file ``path``, through ``models`` (a
     :class:`chestzoo.serve.ServedModels` holding it): the label JSON, plus the lung label image for the segmentation."""
     import torch
 
     with models.lock, torch.no_grad():
-        return _predict(models, name, path, shape)
+        return _predict(models, name, path)
 
 
-def _predict(models, name: str, path: str, shape: Sequence[int]) -> tuple[dict, np.ndarray | None]:
+def _predict(models, name: str, path: str) -> tuple[dict, np.ndarray | None]:
     if name == "cxr_lung_segmentation":
         masks = models.lung_masks(path)
-        label = lung_label(masks, shape)
+        label = lung_label(masks, read_image(path).shape[-2:])  # the label file has the image's size
         values = {str(c + 1): side for c, side in enumerate(MASK_CHANNELS if len(masks) == 2 else ["lungs"])}
         return {"label_values": values, "area_fraction": round(float((label > 0).mean()), 4)}, label
     if name == "cxr14_lse_classification":

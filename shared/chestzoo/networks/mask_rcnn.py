@@ -17,8 +17,6 @@ In eval mode a list of images gives, per image, ``boxes``, ``labels``, ``scores`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from .detection import TorchvisionDetector
@@ -35,21 +33,14 @@ class MaskRCNNDetector(TorchvisionDetector):
         self,
         num_classes: int = 1,
         backbone: str = "resnet50_fpn_v2",
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        trainable_backbone_layers: int = 5,
-        image_scale: float = 1.0,
-        anchor_sizes: Sequence[int] | None = None,
-        representation_size: int = 1024,
         fpn_channels: int = 256,
-        fpn_stages: Sequence[int] | None = None,
         mask_head_channels: int = TORCHVISION_MASK_HEAD[0],
         mask_head_layers: int = TORCHVISION_MASK_HEAD[1],
         box_nms_thresh: float = 0.5,
-        box_score_thresh: float = 0.01,
-        box_detections_per_img: int = 100,
         **kwargs,
     ):
+        """The other arguments (weights, scaling, anchors, FPN stages, detection limits) are
+        :class:`TorchvisionDetector`'s."""
         head = (int(mask_head_channels), int(mask_head_layers))
         if head[0] < 1 or head[1] < 1:
             raise ValueError(f"the mask head needs at least one layer of at least one channel, not {head[1]} x {head[0]}")
@@ -60,20 +51,5 @@ class MaskRCNNDetector(TorchvisionDetector):
             channels = (head[0],) * head[1]
             kwargs["mask_head"] = MaskRCNNHeads(int(fpn_channels), channels, 1)
             kwargs["mask_predictor"] = MaskRCNNPredictor(head[0], head[0], int(num_classes) + 1)
-        super().__init__(
-            num_classes,
-            architecture="maskrcnn",
-            backbone=backbone,
-            pretrained=pretrained,
-            weights_path=weights_path,
-            trainable_backbone_layers=trainable_backbone_layers,
-            image_scale=image_scale,
-            anchor_sizes=anchor_sizes,
-            representation_size=representation_size,
-            fpn_channels=fpn_channels,
-            fpn_stages=fpn_stages,
-            box_nms_thresh=box_nms_thresh,
-            box_score_thresh=box_score_thresh,
-            box_detections_per_img=box_detections_per_img,
-            **kwargs,
-        )
+        super().__init__(num_classes, architecture="maskrcnn", backbone=backbone, fpn_channels=fpn_channels,
+                         box_nms_thresh=box_nms_thresh, **kwargs)
