@@ -14,6 +14,7 @@ What runs, for ``BUNDLE_RUNS[name]`` (shared/chestzoo/bundle_runs.py):
   ``python -m monai.bundle run --config_file inference.json`` on the checkpoint it wrote (two subprocesses in all);
 - TorchScript export of the trained checkpoint with ``ckpt_export`` (unless ``BundleRun.torchscript`` is False),
   giving the same outputs as the network it came from;
+- for the bundles whose train.json has ``init_ckpt`` (fine-tuning): training starts from that checkpoint's weights;
 - nothing written into the repository: checkpoints and outputs go to pytest's temporary folders.
 
 Fixtures a bundle's own tests can use: ``bundle_dataset`` (the prepared synthetic dataset folder) and
@@ -98,7 +99,7 @@ def train_in_two_processes(name: str, tmp_path: Path, **overrides) -> None:
 
 def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -> None:
     """With no network and no cached weights, building train.json's pretrained network fails with chestzoo's one-line
-    ``PretrainedWeightsUnavailable`` naming ``--pretrained False``."""
+    ``PretrainedWeightsUnavailable`` naming ``--pretrained False``, unless ``init_ckpt`` gives the weights to start from."""
     from urllib.error import URLError
 
     import torch
@@ -120,6 +121,11 @@ def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -
         cause = cause.__cause__ or cause.__context__
     assert cause is not None, f"the error must come from the weight loader, got {info.value!r}"
     assert "--pretrained False" in str(cause) and "\n" not in str(cause)
+    # fine-tuning overwrites the pretrained weights, so it does not fetch them
+    parser = ConfigParser()
+    parser.read_config(config_path(name, "train"))
+    parser["init_ckpt"] = str(tmp_path / "model.pt")
+    parser.get_parsed_content("network_def")
 
 
 def bundle_tests(name: str) -> dict:
@@ -192,7 +198,34 @@ def bundle_tests(name: str) -> dict:
         overrides = {"dataset_dir": bundle_outputs["dataset_dir"], **run.test}
         _check(checks.check_torchscript, bundle, run.net_id, overrides, ckpt=ckpt, workdir=str(tmp_path))
 
+    def test_init_ckpt_starts_training_from_its_weights(bundle_outputs, tmp_path):
+        """``--init_ckpt model.pt`` fine-tunes: the first iteration sees that file's weights, not the initialisation."""
+        import torch
+        from ignite.engine import Events
+
+        ckpt = os.path.join(bundle_outputs["ckpt_dir"], "model.pt")
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        starts = {}
+        for init_ckpt in (None, ckpt):
+            dirs = {"dataset_dir": bundle_outputs["dataset_dir"], "ckpt_dir": str(tmp_path / str(bool(init_ckpt)) / "models"),
+                    "output_dir": str(tmp_path / str(bool(init_ckpt)) / "eval")}
+            workflow = bundle_workflow(name, "train", **dirs, **{**run.test, "max_epochs": 1, "init_ckpt": init_ckpt})
+            network = workflow.parser.get_parsed_content("network")
+
+            def first_iteration(engine, init_ckpt=init_ckpt, network=network):
+                starts[init_ckpt] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                engine.terminate()
+
+            workflow.parser.get_parsed_content("train#trainer").add_event_handler(Events.ITERATION_STARTED(once=1), first_iteration)
+            workflow.run()
+            workflow.finalize()
+        assert starts[ckpt].keys() == saved.keys()
+        assert all(torch.equal(starts[ckpt][k], saved[k].cpu()) for k in saved), "training did not start from --init_ckpt"
+        assert not all(torch.equal(starts[None][k], saved[k].cpu()) for k in saved), "without --init_ckpt it must start afresh"
+
+    fine_tunes = "init_ckpt" in json.loads(Path(config_path(name, "train")).read_text())
     return {
+        **({"test_init_ckpt_starts_training_from_its_weights": test_init_ckpt_starts_training_from_its_weights} if fine_tunes else {}),
         "bundle_dataset": bundle_dataset,
         "bundle_outputs": bundle_outputs,
         "test_required_files": test_required_files,

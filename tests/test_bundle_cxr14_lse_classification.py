@@ -135,9 +135,11 @@ def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
-    """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half of the data."""
-    train_in_two_processes(NAME, tmp_path, dataset_dir=bundle_dataset, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
+def test_multi_process_training_on_cpu(bundle_dataset, bundle_outputs, tmp_path):
+    """multi_gpu_train.json with two CPU processes (Gloo): each rank trains on its half of the data, fine-tuning a
+    checkpoint (loaded into the DistributedDataParallel wrapper's network)."""
+    train_in_two_processes(NAME, tmp_path, dataset_dir=bundle_dataset, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
+                           init_ckpt=os.path.join(bundle_outputs["ckpt_dir"], "model.pt"))
     state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     n_train = len(json.load(open(os.path.join(bundle_dataset, "datalist.json")))["training"])
     assert state["trainer"]["epoch_length"] == math.ceil(math.ceil(n_train / 2) / RUN.test["batch_size"])

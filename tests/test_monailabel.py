@@ -232,6 +232,8 @@ def test_monailabel_serves_and_trains_the_bundles(label_server, studies):
         assert status == 200, f"training {model}: {status} {body[-3000:]!r}"
         stats = json.loads(body)
         assert stats["bundle"] == model and stats["max_epochs"] == 1
+        assert stats["started_from"] == str(label_server["models"] / model / "models" / "model.pt")  # fine-tuned
+        assert "--init_ckpt" in stats["command"]
         assert stats["images"]["training"] + stats["images"]["validation"] == count and stats["images"]["validation"] >= 1
         assert (label_server["models"] / model / "previous" / "model.pt").is_file()  # the replaced checkpoint is kept
     assert served.stat().st_mtime_ns != before

@@ -36,6 +36,7 @@ from chestzoo.data import DataError
 from chestzoo.demo import bundle_command
 from chestzoo.labelling import LABEL_NAMES, SERVED, predict, training_datalist
 from chestzoo.serve import ServedModels
+from chestzoo.utils import as_bool
 from fastapi import HTTPException
 from monailabel.config import settings as server_settings
 from monailabel.datastore.local import LocalDatastore
@@ -109,8 +110,8 @@ class BundleTrain(TrainTask):
     """Trains bundle ``name`` with its own train.json (``python -m monai.bundle run``) on the images whose label has
     tag ``label_tag``, then serves the new checkpoint; the previous one is kept in ``<models>/<name>/previous``.
 
-    Each run starts from the bundle's initialisation (its train.json has no fine-tuning entry) and trains
-    ``max_epochs`` (default: the settings' value) on every labelled image so far.
+    Each run trains ``max_epochs`` (default: the settings' value) on every labelled image so far, starting from the
+    served checkpoint (the bundle's ``init_ckpt``) when there is one and the request does not say ``fine_tune: false``.
     """
 
     def __init__(self, name: str, models_dir: Path, settings: str, label_tag: str):
@@ -122,7 +123,7 @@ class BundleTrain(TrainTask):
         self.label_suffix = ".png" if SERVED[name] == "segmentation" else ".json"
 
     def config(self):
-        return {"max_epochs": self.max_epochs, "validation_fraction": 0.2}
+        return {"max_epochs": self.max_epochs, "validation_fraction": 0.2, "fine_tune": True}
 
     def stats(self):
         path = self.models_dir / self.name / "models" / "monailabel_train.json"
@@ -140,8 +141,10 @@ class BundleTrain(TrainTask):
         except DataError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         epochs = int(request.get("max_epochs", self.max_epochs))
+        served = self.models_dir / self.name / "models" / "model.pt"
+        start = served if as_bool(request.get("fine_tune", True)) and served.is_file() else None
         overrides = {**self.overrides, "dataset_dir": str(run_dir), "datalist": datalist, "ckpt_dir": str(run_dir / "models"),
-                     "output_dir": str(run_dir / "eval"), "max_epochs": epochs}
+                     "output_dir": str(run_dir / "eval"), "max_epochs": epochs, **({"init_ckpt": str(start)} if start else {})}
         command = bundle_command(BUNDLES_DIR, self.name, "train", overrides)
         logger.info("training %s on %d labelled images: %s", self.name, len(labelled), " ".join(command))
         started = time.monotonic()
@@ -153,7 +156,8 @@ class BundleTrain(TrainTask):
         with open(datalist) as f:
             splits = json.load(f)
         stats = {"bundle": self.name, "images": {"training": len(splits["training"]), "validation": len(splits["validation"])},
-                 "max_epochs": epochs, "seconds": round(time.monotonic() - started, 1), "log": str(run_dir / "train.log"),
+                 "max_epochs": epochs, "started_from": str(start) if start else "initialisation",
+                 "seconds": round(time.monotonic() - started, 1), "log": str(run_dir / "train.log"),
                  "command": command}
         (run_dir / "models" / "monailabel_train.json").write_text(json.dumps(stats, indent=2))
         self._publish(run_dir / "models")
