@@ -207,8 +207,8 @@ def bundle_tests(name: str) -> dict:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
         starts = {}
         for init_ckpt in (None, ckpt):
-            dirs = {"dataset_dir": bundle_outputs["dataset_dir"], "ckpt_dir": str(tmp_path / str(bool(init_ckpt)) / "models"),
-                    "output_dir": str(tmp_path / str(bool(init_ckpt)) / "eval")}
+            work = tmp_path / ("fine_tuned" if init_ckpt else "fresh")
+            dirs = {"dataset_dir": bundle_outputs["dataset_dir"], "ckpt_dir": str(work / "models"), "output_dir": str(work / "eval")}
             workflow = bundle_workflow(name, "train", **dirs, **{**run.test, "max_epochs": 1, "init_ckpt": init_ckpt})
             network = workflow.parser.get_parsed_content("network")
 
