@@ -1,9 +1,10 @@
 """Segmentation metrics on binary masks: Dice (MONAI's, for a whole batch at once), MONAI's IoU, and a 95% Hausdorff
 distance that cannot hide misses.
 
-MONAI's ``DiceMetric`` loops over images and channels in Python: 3.9 ms per batch of eight 64 x 64 masks as an
+MONAI's ``DiceMetric`` loops over images and channels in Python: 3.8 ms per batch of eight 64 x 64 masks as an
 engine hands them over (MetaTensors), a fifth of the demo U-Net's forward pass, in every validation.
-:class:`BatchDiceMetric` gives the same values from a few tensor sums, in 0.6 ms.
+:class:`BatchDiceMetric` gives the same values from a few tensor sums, in 0.5 ms (benchmarks/README.md, "Per-step
+costs").
 
 MONAI's ``HausdorffDistanceMetric`` gives NaN for an image whose prediction (or ground truth) is empty, and its mean
 skips NaNs - so a model that finds no lung at all in some images would score *better* on them. Here an empty
