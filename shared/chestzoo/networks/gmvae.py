@@ -102,7 +102,7 @@ class GMVAE(nn.Module):
         components: K, the number of mixture components of the prior.
         num_labels: length of the multi-hot label vector (14 for ChestX-ray14).
         conditional: give ``y`` to encoder and decoder (FS-GMVAE); ``forward`` then requires ``y``.
-        classifier: train ``q(y|x)`` jointly (False reproduces a GMVAE without a classifier).
+        classifier: train ``q(y|x)`` jointly (False gives a GMVAE without a classifier).
         channels: encoder channels, one stride-2 level each; the decoder mirrors them.
         blocks: convolutions per level.
         norm: "batch", "group" or "none".
