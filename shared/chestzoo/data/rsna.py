@@ -16,8 +16,11 @@ patient into one item::
      "box": [[x_min, y_min, x_max, y_max], ...], "box_label": [0, ...]}
 
 ``label`` indexes the top-level ``labels`` (RSNA_TARGETS), ``class`` indexes ``classes`` (RSNA_CLASSES) and
-``box_label`` indexes ``box_classes`` (["Lung Opacity"]). Splits are patient-wise (:func:`assign_splits`, stratified by class); the test
-images are listed under ``unlabelled``, which is not a split.
+``box_label`` indexes ``box_classes`` (["Lung Opacity"]). Splits are by ``patientId`` (:func:`assign_splits`, stratified
+by class), which makes them image-wise, not patient-wise: the images come from NIH ChestX-ray14, where many patients
+have several films, but the RSNA release gives each image its own ``patientId`` and no mapping to the NIH patient, so
+two films of one patient can fall into different splits. The test images are listed under ``unlabelled``, which is
+not a split.
 """
 
 from __future__ import annotations
@@ -175,7 +178,8 @@ def prepare(
 ) -> dict:
     """Read an RSNA Pneumonia download under ``root`` and write its datalist (default ``root/datalist.json``).
 
-    ``fractions`` are the (training, validation, test) shares of patients; ``seed`` picks the split. Returns a
+    ``fractions`` are the (training, validation, test) shares of images (one per ``patientId``, so image-wise; see the
+    module docstring); ``seed`` picks the split. Returns a
     summary: the datalist path and the number of items per split.
     """
     root = os.path.abspath(os.fspath(root))
