@@ -41,8 +41,8 @@ def override_args(overrides: dict) -> list[str]:
 BUNDLE_RUNS: dict[str, BundleRun] = {
     "cxr14_lse_classification": BundleRun(
         dataset="nih",
-        # demo target: test mean AUROC >= 0.85 within minutes on a CPU; measured 0.87-0.88, 4-7 minutes with the data
-        # synthesis on a 2-core CPU shared with other jobs (bundles/cxr14_lse_classification/docs/README.md)
+        # demo target: test mean AUROC >= 0.85 within minutes on a CPU; the measured numbers and run times are in
+        # bundles/cxr14_lse_classification/docs/README.md
         demo_data={"patients": 300, "size": 64},
         demo={
             "backbone": "resnet18",
@@ -68,9 +68,9 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     ),
     "cxr14_gmvae": BundleRun(
         dataset="nih",
-        # demo target (bundles/cxr14_gmvae/docs/README.md): q(y|x) mean AUROC >= 0.80, conditional fidelity judged by
-        # an independent classifier >= 0.75, Frechet distance of samples far below an untrained decoder's; measured
-        # 0.926, 0.922 and 174 against 708, in about 75 s on 2 idle CPU cores (train 42 s, evaluate 15 s, infer 15 s)
+        # demo target: q(y|x) mean AUROC >= 0.80, conditional fidelity judged by an independent classifier >= 0.75,
+        # Frechet distance of samples far below an untrained decoder's; the measured numbers and run times are in
+        # bundles/cxr14_gmvae/docs/README.md
         demo_data={"patients": 300, "size": 64},
         demo={
             "image_size": 64,
@@ -152,8 +152,8 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "rsna_pneumonia_detection": BundleRun(
         onnx=False,  # torch.export: data-dependent box count; the traced graph holds the traced input's count
         dataset="rsna",
-        # demo target: test RSNA challenge score >= 0.40 with a compact Mask R-CNN from scratch at 64 x 64, about two
-        # minutes on a CPU (bundles/rsna_pneumonia_detection/docs/README.md)
+        # demo target: test RSNA challenge score >= 0.40 with a compact Mask R-CNN from scratch at 64 x 64 within
+        # minutes on a CPU; the measured numbers and run times are in bundles/rsna_pneumonia_detection/docs/README.md
         demo_data={"patients": 400, "size": 128},
         demo={
             "backbone": "resnet18_fpn",
@@ -206,9 +206,10 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
         onnx=False,  # torch.export: data-dependent box count; the traced graph holds the traced input's count
         dataset="nih",
         datalist="datalist_boxes.json",
-        # demo target: test mAP@0.5 >= 0.5 with a compact Faster R-CNN from scratch (bundles/cxr_pathology_detection/
-        # docs/README.md). Its own synthetic set: 40% of the patients on the official test list, where the boxed films
-        # are, gives 133 boxed training films; at 160 x 160 with the default 25% (80 films) it stayed near 0.33
+        # demo target: test mAP@0.5 >= 0.5 with a compact Faster R-CNN from scratch. Its own synthetic set: 40% of the
+        # patients on the official test list, where the boxed films are, gives it more boxed training films than the
+        # default 25%, which fell well short of the target in a trial; the measured numbers are in
+        # bundles/cxr_pathology_detection/docs/README.md
         demo_data={"patients": 300, "size": 128, "test_fraction": 0.4},
         demo={
             "backbone": "resnet18_fpn",

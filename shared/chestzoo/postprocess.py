@@ -6,8 +6,8 @@ keeping only the largest components, and pinholes (an opacity mistaken for backg
 that of MONAI's ``KeepLargestConnectedComponent`` then ``FillHoles`` applied one channel at a time (MONAI treats a
 multi-channel input as one-hot with channel 0 as background, which a left/right lung pair is not), computed with
 one ``scipy.ndimage.label`` of the mask and one of its background: MONAI's hole filling grows the outside
-background pixel by pixel (1.2 ms against 0.23 ms per noisy 64 x 64 mask, where the demo's U-Net needs about 2.3 ms
-per image; benchmarks/README.md, "Per-step costs").
+background pixel by pixel, which is several times slower per mask (the measured timings, with their commands, are in
+benchmarks/README.md, "Per-step costs").
 """
 
 from __future__ import annotations
