@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-IOBB_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def _area(box) -> float:
