@@ -158,6 +158,30 @@ def test_real_settings_are_the_default():
     assert parser.get_parsed_content("classes") == list(RSNA_TARGETS)
 
 
+# Every real-data setting with its source, as in the table "Settings and their sources" of docs/README.md:
+# (config key, value, source). "report" is the README of krakshak/kaggle-pneumonia-detection-model-comparision; a
+# change here must change that table too.
+REPORT_SETTINGS = [
+    ("pretrained", True, "report: pretrained VGG16"), ("batch_norm", False, "report: VGG16"),
+    ("trainable_blocks", None, "report: fine-tuned top layers (which ones: ours)"), ("head", "gap", "ours"),
+    ("image_size", 224, "ours: VGG16's ImageNet input"), ("target", "label", "report: binary"),
+    ("learning_rate", 1e-4, "ours"), ("batch_size", 32, "ours"), ("max_epochs", 20, "ours"),
+    ("early_stop_patience", 5, "ours"), ("balance", "sampler", "ours, as the report recommends"), ("augment", True, "ours"),
+]
+
+
+def test_settings_follow_their_sources():
+    """The real-data defaults are those of the docs' "Settings and their sources" table."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    for key, value, source in REPORT_SETTINGS:
+        assert parser[key] == value, f"{key}: {source}"
+    assert parser["network_def"]["_target_"] == "chestzoo.networks.vgg.VGG16Classifier"  # report: VGG16
+    assert parser["loss"]["_target_"] == "torch.nn.CrossEntropyLoss"  # report: categorical cross-entropy
+    assert parser["optimizer"]["_target_"] == "torch.optim.Adam"  # report: Adam
+    assert parser["lr_scheduler"]["patience"] == 2 and parser["lr_scheduler"]["factor"] == 0.1  # ours
+
+
 @pytest.mark.slow
 def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
     """multi_gpu_train.json with two CPU processes (Gloo) and the distributed class-balanced sampler."""

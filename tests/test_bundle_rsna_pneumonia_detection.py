@@ -197,6 +197,36 @@ def test_real_settings_are_the_default():
         assert other["pretrained"] is False and other["image_size"] == 512  # weights come from the checkpoint
 
 
+# Every real-data setting with its source, as in the table "Settings and their sources" of docs/README.md:
+# (config key, value, source).
+# The report gives no Mask R-CNN training settings: "report" is the README of krakshak/kaggle-pneumonia-detection-model-comparision; a
+# change here must change that table too.
+TORCHVISION_OR_OURS = [
+    ("backbone", "resnet50_fpn_v2", "ours"), ("pretrained", True, "ours: COCO weights"),
+    ("trainable_backbone_layers", 5, "ours (torchvision: 3)"), ("fpn_channels", 256, "torchvision default"),
+    ("representation_size", 1024, "torchvision default"), ("mask_head_layers", 4, "torchvision default"),
+    ("mask_head_channels", 256, "torchvision default"), ("proposals_train", 2000, "torchvision default"),
+    ("proposals_test", 1000, "torchvision default"), ("roi_batch_size", 512, "torchvision default"),
+    ("detections_per_image", 100, "torchvision default"), ("detector_nms_iou", 0.7, "ours (torchvision: 0.5)"),
+    ("min_score", 0.01, "ours (torchvision: 0.05)"), ("nms_iou", 0.3, "ours, tuned on validation"),
+    ("mask_shape", "box", "ours: RSNA has boxes only"), ("image_size", 512, "ours"), ("optimizer_name", "sgd", "ours"),
+    ("momentum", 0.9, "ours"), ("weight_decay", 1e-4, "ours"), ("learning_rate", 0.005, "ours"), ("batch_size", 4, "ours"),
+    ("warmup_epochs", 1, "ours"), ("min_learning_rate", 1e-6, "ours"), ("clip_grad_norm", 10.0, "ours"),
+    ("max_epochs", 20, "ours"), ("early_stop_patience", 5, "ours"), ("flip_prob", 0.5, "ours"), ("affine_prob", 0.5, "ours"),
+    ("rotate_degrees", 10.0, "ours"), ("shift_fraction", 0.05, "ours"), ("scale_range", 0.1, "ours"),
+    ("intensity_prob", 0.5, "ours"), ("brightness", 0.1, "ours"), ("contrast", 0.1, "ours"), ("lung_masks", None, "ours"),
+]
+
+
+def test_settings_follow_their_sources():
+    """The real-data defaults are those of the docs' "Settings and their sources" table."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    for key, value, source in TORCHVISION_OR_OURS:
+        assert parser[key] == value, f"{key}: {source}"
+    assert parser["network_def"]["_target_"] == "chestzoo.networks.mask_rcnn.MaskRCNNDetector"  # report: Mask R-CNN
+
+
 def test_offline_coco_weights_fail_clearly(tmp_path, monkeypatch):
     check_offline_weights_fail_clearly(NAME, tmp_path, monkeypatch)
 
