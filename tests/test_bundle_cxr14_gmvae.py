@@ -122,6 +122,29 @@ def test_real_settings_are_the_default_and_shared_by_all_configs():
     assert parsers["inference"]["network_def"]["_target_"] == "chestzoo.networks.gmvae.GMVAEGenerator"
 
 
+# Every real-data setting with its source, as in the table "Settings and their sources" of docs/README.md:
+# (config key, value, source). "original" is juanpajedrez/CS236-Final-Proj at 0a25afa; a change here must change
+# that table too.
+ORIGINAL_SETTINGS = [
+    ("conditional", True, "original: FS_GMVAE"), ("image_size", 224, "original: 224 x 224"),
+    ("latent_dim", 64, "ours (original z = 1280)"), ("components", 15, "ours (original k = 500)"),
+    ("channels", [32, 64, 128, 256, 256], "ours (original: fully connected)"), ("blocks", 2, "ours"),
+    ("learning_rate", 1e-3, "original: Adam, lr 1e-3"), ("prior_learning_rate", 0.02, "ours"),
+    ("batch_size", 64, "original: 64"), ("max_epochs", 30, "ours (original: 200 iterations)"),
+    ("kl_weight", 1.0, "ours: the true ELBO"), ("classification_weight", 1.0, "ours"), ("consistency_weight", 1.0, "ours"),
+]
+
+
+def test_settings_follow_their_sources():
+    """The real-data defaults are those of the docs' "Settings and their sources" table."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    for key, value, source in ORIGINAL_SETTINGS:
+        assert parser[key] == value, f"{key}: {source}"
+    assert parser["optimizer"]["_target_"] == "torch.optim.Adam"  # original: Adam
+    assert parser["lr_scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"  # ours
+
+
 def test_metadata_describes_a_generator_of_latent_vectors():
     metadata = json.load(open(config("metadata")))
     parser = ConfigParser()

@@ -73,6 +73,29 @@ def test_metadata_declares_a_latent_vector_input():
     assert g.eval()(z).shape == (2, 1, *out["spatial_shape"])
 
 
+# Every real-data setting with its source, as in the table "Settings and their sources" of docs/README.md:
+# (config key, value, source). "thesis" is PPerezdeMadrid/ChestCT-GAN at b80a2c7 (FinalConfig.json, train_pipeline.py,
+# generetaDataQuality.py); a change here must change that table too.
+THESIS_SETTINGS = [
+    ("image_size", 64, "thesis: imsize 64"), ("latent_size", 100, "thesis: nz 100"), ("ngf", 64, "thesis"),
+    ("ndf", 128, "thesis"), ("batch_size", 128, "thesis: bsize 128"), ("learning_rate", 1e-4, "thesis: lr 1e-4"),
+    ("beta1", 0.7, "thesis: beta1 0.7"), ("max_epochs", 2000, "thesis: FinalConfig nepochs 2000"),
+    ("gan", "dcgan", "thesis: DCGAN"), ("label_smoothing", True, "thesis: train_pipeline.py"),
+    ("real_label_range", [0.85, 1.0], "thesis: train_pipeline.py"), ("fake_label_range", [0.0, 0.15], "thesis"),
+    ("trim", 0.15, "thesis: discard_percentage 0.15"), ("ema_decay", 0.999, "ours"), ("gp_weight", 10.0, "Gulrajani (not verified)"),
+]
+
+
+def test_settings_follow_their_sources():
+    """The real-data defaults are those of the docs' "Settings and their sources" table."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    for key, value, source in THESIS_SETTINGS:
+        assert parser[key] == value, f"{key}: {source}"
+    assert parser.get_parsed_content("betas") == [0.7, 0.999]  # thesis: beta1 0.7, beta2 0.999
+    assert parser.get_parsed_content("d_train_steps") == 1  # one discriminator step per generator step
+
+
 def test_latents_are_seeded_or_read_from_a_file(tmp_path):
     from chestzoo.metrics.gan_evaluation import latent_items
 
