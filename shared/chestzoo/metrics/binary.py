@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .bootstrap import bootstrap_interval
 from .classification import auroc, choose_thresholds
 from .report import THRESHOLDS_FILE, write_json
 
@@ -86,6 +87,9 @@ def single_label_report(
     output_dir: str | None = None,
     rule: str = "youden",
     plots: bool = True,
+    groups=None,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Evaluate a single-label classifier whose ``positive_class`` is the finding of interest.
 
@@ -95,6 +99,10 @@ def single_label_report(
     ``summary`` holds the headline numbers), ``thresholds.json`` (read by inference), and with ``plots`` the
     confusion matrix ``01_confusion_matrix.png``, the ROC curve ``02_roc.png`` and, with more than two classes,
     ``03_confusion_matrix_classes.png``. Returns the content of ``metrics.json``.
+
+    Test metrics at the validation threshold get bootstrap 95% intervals (``test.ci95``, and ``summary_ci95`` for
+    the headline numbers), resampling the patients ``groups`` names (one id per test image) or else images. RSNA
+    gives each radiograph its own patientId, so there the unit is the image.
     """
     classes = list(classes)
     if positive_class not in classes:
@@ -109,6 +117,16 @@ def single_label_report(
     test_binary = binary_metrics(test_p[:, k], test_y == k, threshold)
     val_binary = binary_metrics(val_p[:, k], val_y == k, threshold)
     matrix = confusion_matrix((test_y == k).astype(int), (test_p[:, k] >= threshold).astype(int), 2)
+    interval_keys = ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
+
+    def test_metrics(p, y):
+        values = binary_metrics(p[:, k], y == k, threshold)
+        values = {key: values[key] for key in interval_keys}
+        if len(classes) > 2:
+            values["class accuracy"] = _ratio(int((p.argmax(axis=1) == y).sum()), len(y))
+        return values
+
+    ci = bootstrap_interval(test_metrics, test_p, test_y, groups=groups, n_resamples=n_resamples, seed=seed)
     negative_name = f"not {positive_class}" if len(classes) > 2 else classes[1 - k]
     binary_names = [negative_name, positive_class] if len(classes) > 2 else [classes[1 - k], classes[k]]
     report = {
@@ -121,11 +139,13 @@ def single_label_report(
             "sensitivity": test_binary["sensitivity"],
             "specificity": test_binary["specificity"],
         },
+        "summary_ci95": {name: ci[name.lower()] for name in ("AUROC", "accuracy", "sensitivity", "specificity")},
         "validation": {"images": int(len(val_y)), **val_binary},
         "test": {
             "images": int(len(test_y)),
             **test_binary,
             "confusion_matrix": {"classes": binary_names, "rows_true_columns_predicted": matrix.tolist()},
+            "ci95": {key: ci[key] for key in interval_keys},
         },
     }
     if len(classes) > 2:
@@ -141,7 +161,9 @@ def single_label_report(
             "accuracy": _ratio(int((argmax == test_y).sum()), len(test_y)),
             "confusion_matrix": confusion_matrix(test_y, argmax, len(classes)).tolist(),
         }
+        report["test"]["classes"]["ci95"] = {"accuracy": ci["class accuracy"]}
         report["summary"]["class accuracy"] = report["test"]["classes"]["accuracy"]
+        report["summary_ci95"]["class accuracy"] = ci["class accuracy"]
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         write_json(os.path.join(output_dir, "metrics.json"), report)

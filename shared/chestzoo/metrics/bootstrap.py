@@ -145,3 +145,14 @@ def format_interval(interval: Mapping | None, digits: int = 3) -> str:
     if interval.get("low") is not None and interval.get("high") is not None:
         text += f" [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
     return text
+
+
+def patient_ids(items, key: str = "patient") -> list | None:
+    """``groups`` for :func:`bootstrap_interval` from datalist items: their patient ids, or None when no item has one.
+
+    An item without the key becomes a patient of its own, so that it is still resampled, alone.
+    """
+    items = list(items)
+    if not any(isinstance(item, Mapping) and key in item for item in items):
+        return None
+    return [item[key] if isinstance(item, Mapping) and key in item else ("image", i) for i, item in enumerate(items)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
@@ -110,14 +111,23 @@ def _stats(values: torch.Tensor) -> dict:
     }
 
 
-def segmentation_report(metric_details: dict, names: dict, channel_names, output_dir: str | None = None, headline: dict | None = None) -> dict:
+def _finite_mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def segmentation_report(metric_details: dict, names: dict, channel_names, output_dir: str | None = None, headline: dict | None = None,
+                        groups=None, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Summarise per-image segmentation metrics, per channel and over all channels, and write ``metrics.json``.
 
     ``metric_details`` is an evaluator's ``state.metric_details`` (``{metric name: (images, channels) values}``);
     ``names`` maps the reported name to the metric name, e.g. ``{"Dice": "test_dice", "HD95 (px)": "test_hd95"}``.
     The ``summary`` holds each reported name's mean over images and channels (``headline`` renames or subsets
-    it). Returns the report.
+    it). Each mean gets a bootstrap 95% interval (``ci95`` beside it, ``summary_ci95`` beside the summary),
+    resampling the patients ``groups`` names (one id per image, in evaluation order) or else images. Returns the
+    report.
     """
+    from .bootstrap import bootstrap_interval
     from .report import write_json
 
     channel_names = list(channel_names)
@@ -132,9 +142,25 @@ def segmentation_report(metric_details: dict, names: dict, channel_names, output
         images = int(values.shape[0])
         metrics[reported] = {"all": _stats(values), "per_channel": {c: _stats(values[:, i]) for i, c in enumerate(channel_names)}}
         summary[reported] = metrics[reported]["all"]["mean"]
+    per_image = {reported: _per_image(metric_details[metric]).double().numpy() for reported, metric in names.items()}
+
+    def means(index):  # resampled rows of every metric at once
+        out = {}
+        for reported, values in per_image.items():
+            out[(reported, None)] = _finite_mean(values[index])
+            out.update({(reported, c): _finite_mean(values[index, i]) for i, c in enumerate(channel_names)})
+        return out
+
+    ci = bootstrap_interval(means, np.arange(images or 0), groups=groups, n_resamples=n_resamples, seed=seed)
+    for reported, entry in metrics.items():
+        entry["all"]["ci95"] = ci[(reported, None)]
+        for c in channel_names:
+            entry["per_channel"][c]["ci95"] = ci[(reported, c)]
+    summary_ci = {reported: ci[(reported, None)] for reported in names}
     if headline is not None:
         summary = {new: summary[old] for new, old in headline.items()}
-    report = {"images": images, "channels": channel_names, "summary": summary, "metrics": metrics}
+        summary_ci = {new: summary_ci[old] for new, old in headline.items()}
+    report = {"images": images, "channels": channel_names, "summary": summary, "summary_ci95": summary_ci, "metrics": metrics}
     if output_dir is not None:
         write_json(f"{output_dir}/metrics.json", report)
     return report
