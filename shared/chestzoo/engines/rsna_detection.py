@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..metrics.bootstrap import bootstrap_interval
 from ..metrics.classification import auroc
-from ..metrics.detection import mean_average_precision
+from ..metrics.detection import detection_intervals, match_detections, mean_average_precision
 from ..metrics.rsna import NMS_IOUS, SCORE_THRESHOLDS, nms, postprocess, rsna_score, tune_postprocessing, write_submission
 
 logger = logging.getLogger(__name__)
@@ -135,12 +136,16 @@ def write_evaluation(
     score_thresholds: Sequence[float] = SCORE_THRESHOLDS,
     nms_ious: Sequence[float] = NMS_IOUS,
     examples: int = 8,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Tune the post-processing on ``validation`` records, report on ``test`` records (see the module doc).
 
-    Writes ``metrics.json`` (``summary``: "RSNA score", "mAP@0.5", "image AUROC"), ``postprocessing.json`` into
-    ``output_dir`` and every path of ``settings_paths``, and the pictures ``01_test_examples.png``,
-    ``02_rsna_by_iou.png``, ``03_validation_tuning.png``. Returns the content of ``metrics.json``.
+    Writes ``metrics.json`` (``summary``: "RSNA score", "mAP@0.5", "image AUROC"; ``summary_ci95`` and
+    ``test.ci95``: their bootstrap 95% intervals), ``postprocessing.json`` into ``output_dir`` and every path of
+    ``settings_paths``, and the pictures ``01_test_examples.png``, ``02_rsna_by_iou.png``,
+    ``03_validation_tuning.png``. Returns the content of ``metrics.json``. The bootstrap resamples images: RSNA
+    gives every radiograph its own patientId, with no link between films of one patient.
     """
     if not validation or not test:
         raise ValueError(f"need validation and test images, got {len(validation)} and {len(test)}")
@@ -161,9 +166,20 @@ def write_evaluation(
     image_scores = np.asarray([float(p["scores"].max()) if len(p["scores"]) else 0.0 for p in suppressed])
     has_opacity = np.asarray([1.0 if len(t["boxes"]) else 0.0 for t in test_targets])
     image_auroc = auroc(image_scores, has_opacity)
+    per_image = np.asarray([np.nan if v is None else v for v in result["image_scores"]], dtype=np.float64)
+
+    def score_and_auroc(scores, opacity, challenge):  # the challenge score leaves out images without truth or boxes
+        counted = challenge[~np.isnan(challenge)]
+        return {"RSNA score": float(counted.mean()) if counted.size else None, "image AUROC": auroc(scores, opacity)}
+
+    ci = bootstrap_interval(score_and_auroc, image_scores, has_opacity, per_image, n_resamples=n_resamples, seed=seed)
+    # the same seed and image count draw the same resamples as above
+    ci["mAP@0.5"] = detection_intervals(match_detections(labelled, truth, 1), list(class_names)[:1],
+                                        n_resamples=n_resamples, seed=seed)["mAP"]
     val_result = rsna_score([postprocess(r, tuned["score_threshold"], tuned["nms_iou"]) for r in validation], val_targets)
     metrics = {
         "summary": {"RSNA score": _float(result["score"]), "mAP@0.5": _float(ap["mAP"]), "image AUROC": _float(image_auroc)},
+        "summary_ci95": {k: ci[k] for k in ("RSNA score", "mAP@0.5", "image AUROC")},
         "postprocessing": settings,
         "validation": {"images": len(validation), "rsna": _without_images(val_result), "tuning": tuned["table"]},
         "test": {
@@ -173,6 +189,7 @@ def write_evaluation(
             "mAP@0.5": _float(ap["mAP"]),
             "image_auroc": _float(image_auroc),
             "image_score": "highest box score after NMS (0 without boxes)",
+            "ci95": {"rsna_score": ci["RSNA score"], "mAP@0.5": ci["mAP@0.5"], "image_auroc": ci["image AUROC"]},
             "per_image": [
                 {"patientId": r["patientId"], "score": s, "boxes": len(k["boxes"]), "truth": len(t["boxes"])}
                 for r, s, k, t in zip(test, result["image_scores"], kept, test_targets)

@@ -17,6 +17,7 @@ threshold of a sweep, and the threshold choice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,6 +71,8 @@ class ClassMatches:
     scores: np.ndarray  # (D,) descending
     matched: np.ndarray  # (D,) bool
     n_truth: int
+    image: np.ndarray | None = None  # (D,) index of each detection's image, for bootstrap resamples
+    truth_per_image: np.ndarray | None = None  # (images,) ground-truth boxes of the class in each image
 
 
 def _match_image(boxes: np.ndarray, truth: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -99,15 +102,15 @@ def match_detections(
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
     scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     matched: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
-    n_truth = np.zeros(num_classes, dtype=int)
-    for prediction, target in zip(predictions, targets):
+    truth_per_image = np.zeros((num_classes, len(targets)), dtype=int)
+    for i, (prediction, target) in enumerate(zip(predictions, targets)):
         p, t = as_numpy(prediction), as_numpy(target, scores=False)
         for label in np.concatenate([p["labels"], t["labels"]]):
             if not 0 <= label < num_classes:
                 raise ValueError(f"class index {label} outside 0..{num_classes - 1}")
         for c in range(num_classes):
             truth = t["boxes"][t["labels"] == c]
-            n_truth[c] += len(truth)
+            truth_per_image[c, i] = len(truth)
             keep = p["labels"] == c
             order = np.argsort(-p["scores"][keep], kind="mergesort")[:max_detections]
             boxes, s = p["boxes"][keep][order], p["scores"][keep][order]
@@ -117,9 +120,46 @@ def match_detections(
     for c in range(num_classes):
         s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
         m = np.concatenate(matched[c]) if matched[c] else np.zeros(0, dtype=bool)
+        image = np.repeat(np.arange(len(scores[c])), [len(x) for x in scores[c]]).astype(np.int64)
         order = np.argsort(-s, kind="mergesort")
-        out.append(ClassMatches(s[order], m[order], int(n_truth[c])))
+        out.append(ClassMatches(s[order], m[order], int(truth_per_image[c].sum()), image[order], truth_per_image[c]))
     return out
+
+
+def resample_matches(matches: Sequence[ClassMatches], counts: np.ndarray) -> list[ClassMatches]:
+    """The matches of a bootstrap resample in which image ``i`` was drawn ``counts[i]`` times.
+
+    Matching is within an image, so a resample needs no new matching: each image's detections and boxes count as
+    often as it was drawn (repeating keeps the score order).
+    """
+    out = []
+    for m in matches:
+        times = counts[m.image]
+        out.append(ClassMatches(np.repeat(m.scores, times), np.repeat(m.matched, times), int(counts @ m.truth_per_image)))
+    return out
+
+
+def detection_intervals(matches: Sequence[ClassMatches], class_names: Sequence[str], thresholds: dict | None = None,
+                        groups=None, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap 95% intervals of mAP, each class's AP and, per entry of ``thresholds`` (name -> one score
+    threshold per class), the F1 at those thresholds; resampling the patients ``groups`` names (one id per image),
+    else images. Returns ``{"mAP": interval, "AP": {class: interval}, name: interval, ...}``."""
+    from .bootstrap import bootstrap_interval
+
+    names = list(class_names)
+    thresholds = thresholds or {}
+    n_images = len(matches[0].truth_per_image) if matches else 0
+
+    def metric(index):
+        resampled = resample_matches(matches, np.bincount(index, minlength=n_images))
+        ap = [average_precision(m) for m in resampled]
+        valid = [a for a in ap if not math.isnan(a)]
+        out = {"mAP": float(np.mean(valid)) if valid else None, **{("AP", n): a for n, a in zip(names, ap)}}
+        out.update({key: scores_at_threshold(resampled, t)["f1"] for key, t in thresholds.items()})
+        return out
+
+    ci = bootstrap_interval(metric, np.arange(n_images), groups=groups, n_resamples=n_resamples, seed=seed)
+    return {"mAP": ci["mAP"], "AP": {n: ci[("AP", n)] for n in names}, **{key: ci[key] for key in thresholds}}
 
 
 def average_precision(matches: ClassMatches) -> float:

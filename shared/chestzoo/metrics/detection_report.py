@@ -29,6 +29,7 @@ import numpy as np
 from .detection import (
     SWEEP_THRESHOLDS,
     WANG_IOBB_THRESHOLDS,
+    detection_intervals,
     localization_report,
     match_detections,
     mean_average_precision,
@@ -92,8 +93,13 @@ def chosen_thresholds(tuned: dict, class_names: Sequence[str], per_class: bool) 
 
 
 def evaluate_variant(val_preds, val_targets, test_preds, test_targets, class_names, iobb_thresholds=WANG_IOBB_THRESHOLDS,
-                     sweep=SWEEP_THRESHOLDS, per_class_thresholds: bool = False) -> dict:
-    """All numbers of one variant (see the module doc); localisation uses the thresholds inference would use."""
+                     sweep=SWEEP_THRESHOLDS, per_class_thresholds: bool = False, groups=None, n_resamples: int = 1000,
+                     seed: int = 0) -> dict:
+    """All numbers of one variant (see the module doc); localisation uses the thresholds inference would use.
+
+    ``test_ci95`` holds bootstrap 95% intervals of the test mAP, APs and F1s (``groups``: one patient id per test
+    image, else images are resampled), with the thresholds fixed as chosen on validation.
+    """
     names = list(class_names)
     tuned = sweep_thresholds(val_preds, val_targets, names, thresholds=sweep)
     per_class = [tuned["per_class"][n] for n in names]
@@ -102,6 +108,8 @@ def evaluate_variant(val_preds, val_targets, test_preds, test_targets, class_nam
     at_class = scores_at_threshold(matches, per_class)
     for result in (at_global, at_class):
         result["per_class"] = dict(zip(names, result["per_class"]))
+    ci = detection_intervals(matches, names, {"f1": [tuned["threshold"]] * len(names), "f1_class_thresholds": per_class},
+                             groups=groups, n_resamples=n_resamples, seed=seed)
     return {
         "validation": mean_average_precision(val_preds, val_targets, names),
         "test": mean_average_precision(test_preds, test_targets, names),
@@ -109,6 +117,7 @@ def evaluate_variant(val_preds, val_targets, test_preds, test_targets, class_nam
         "test_at_threshold": at_global,
         "test_at_class_thresholds": at_class,
         "localization": localization_report(test_preds, test_targets, names, chosen_thresholds(tuned, names, per_class_thresholds), iobb_thresholds),
+        "test_ci95": ci,
     }
 
 
@@ -123,6 +132,9 @@ def write_detection_report(
     overlays: int = 4,
     iobb_thresholds: Sequence[float] = WANG_IOBB_THRESHOLDS,
     per_class_thresholds: bool = False,
+    groups=None,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Compare the variants on the collected records and write the report; returns the content of metrics.json.
 
@@ -130,6 +142,8 @@ def write_detection_report(
     ``size``, ``pred``, ``target``, ``views``). ``default_variant`` names the setting inference uses (its numbers
     make the summary's F1 and localisation); it falls back to ``plain`` when evaluation ran without TTA.
     ``per_class_thresholds`` says whether inference keeps each class's own threshold or the global one (the seed's).
+    ``groups`` (one patient id per test record), ``n_resamples`` and ``seed`` set the bootstrap 95% intervals:
+    ``test_ci95`` in each variant, ``summary_ci95`` beside the summary.
     """
     from ..utils import as_bool
 
@@ -144,7 +158,7 @@ def write_detection_report(
     variants = {}
     for name in test_variants:
         variants[name] = evaluate_variant(val_variants[name], val_targets, test_variants[name], test_targets, names, iobb_thresholds,
-                                          per_class_thresholds=per_class_thresholds)
+                                          per_class_thresholds=per_class_thresholds, groups=groups, n_resamples=n_resamples, seed=seed)
         logger.info("%s: validation mAP@0.5 %.4f, test mAP@0.5 %.4f", VARIANT_TITLES.get(name, name),
                     variants[name]["validation"]["mAP"], variants[name]["test"]["mAP"])
     default = default_variant if default_variant in variants else PLAIN
@@ -168,13 +182,17 @@ def write_detection_report(
     chosen = variants[default]
     k = list(iobb_thresholds).index(0.5) if 0.5 in iobb_thresholds else len(iobb_thresholds) // 2
     summary = {f"mAP@0.5 ({VARIANT_TITLES.get(n, n)})": v["test"]["mAP"] for n, v in variants.items()}
+    summary_ci = {f"mAP@0.5 ({VARIANT_TITLES.get(n, n)})": v["test_ci95"]["mAP"] for n, v in variants.items()}
     at_chosen = chosen["test_at_class_thresholds" if per_class_thresholds else "test_at_threshold"]
-    summary["F1 (tuned, " + VARIANT_TITLES.get(default, default) + ")"] = at_chosen["f1"]
+    f1_name = "F1 (tuned, " + VARIANT_TITLES.get(default, default) + ")"
+    summary[f1_name] = at_chosen["f1"]
+    summary_ci[f1_name] = chosen["test_ci95"]["f1_class_thresholds" if per_class_thresholds else "f1"]
     summary[f"Wang Acc@IoBB{iobb_thresholds[k]:g}"] = chosen["localization"]["overall"]["accuracy"][k]
     if timing and timing["slowdown"]:
         summary["TTA time x"] = timing["slowdown"]
     report = {
         "summary": _nan_to_none(summary),
+        "summary_ci95": summary_ci,
         "classes": names,
         "default_variant": default,
         "per_class_thresholds": per_class_thresholds,
