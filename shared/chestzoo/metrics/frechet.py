@@ -62,6 +62,31 @@ def frechet_distance_between(features_a, features_b) -> float:
     return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
 
 
+def frechet_interval(real_features, generated_features, real_groups=None, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Frechet distance between two feature sets with a bootstrap 95% interval (see
+    :func:`chestzoo.metrics.bootstrap.bootstrap_interval`).
+
+    Each set is resampled on its own, keeping its size; with ``real_groups`` (one patient id per real feature, e.g.
+    CT slices of one patient) real features are drawn by patient, generated ones always one by one. Duplicates in a
+    resample shrink its covariances, so resampled distances run a little above the point estimate at small sizes.
+    """
+    real = real_features.detach().cpu().numpy() if isinstance(real_features, torch.Tensor) else np.asarray(real_features)
+    fake = generated_features.detach().cpu().numpy() if isinstance(generated_features, torch.Tensor) else np.asarray(generated_features)
+    features = np.concatenate([real, fake]).astype(np.float64)
+    generated = np.r_[np.zeros(len(real), dtype=bool), np.ones(len(fake), dtype=bool)]
+    groups = None
+    if real_groups is not None:
+        groups = [("real", g) for g in real_groups] + [("generated", i) for i in range(len(fake))]
+    from .bootstrap import bootstrap_interval
+
+    def distance(f, g):  # a resample of patients may hold fewer than the two features a covariance needs
+        return frechet_distance_between(f[~g], f[g]) if min((~g).sum(), g.sum()) >= 2 else None
+
+    return bootstrap_interval(distance, features, generated, groups=groups,
+                              strata=generated, n_resamples=n_resamples, seed=seed,
+                              unit="patient / generated image" if groups is not None else "image")
+
+
 class FeatureExtractor(nn.Module):
     """Features of ``module`` for a batch of images: its output, or the output of one of its layers.
 

@@ -29,7 +29,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..visualize.gan import plot_nearest_training, plot_real_vs_generated, save_grid
-from .frechet import frechet_distance_between
+from .bootstrap import patient_ids
+from .frechet import frechet_distance_between, frechet_interval
 from .generative import (
     diversity_ratio,
     discriminator_accuracies,
@@ -190,12 +191,17 @@ def evaluate_generator(
     extra: dict | None = None,
     feature_images: torch.Tensor | None = None,
     feature_items: Sequence[dict] | None = None,
+    n_resamples: int = 1000,
 ) -> dict:
     """Measure ``generated`` images (N, C, H, W) against held-out reals; write metrics.json and PNGs; return the summary.
 
     The feature network learns from ``feature_images``/``feature_items`` when given (e.g. every class of the
     training split when the generator learnt only one, which leaves nothing to classify), else from the training
     images the generator saw.
+
+    The Frechet distances of the trained and the untrained generator get bootstrap 95% intervals (``ci95`` and
+    ``summary_ci95`` in metrics.json; ``n_resamples``): held-out reals and generated images are resampled apart,
+    the reals by patient when their items name one.
     """
     os.makedirs(output_dir, exist_ok=True)
     generated = torch.as_tensor(generated).float()
@@ -220,8 +226,10 @@ def evaluate_generator(
     f_fake = extract_features(net, generated, device=device)
     f_untrained = extract_features(net, untrained, device=device)
 
-    fd = frechet_distance_between(f_real, f_fake)
-    fd_untrained = frechet_distance_between(f_real, f_untrained)
+    real_groups = patient_ids(heldout_items) if len(heldout_items) == len(f_real) else None
+    fd_ci = frechet_interval(f_real, f_fake, real_groups, n_resamples=n_resamples, seed=seed)
+    fd_untrained_ci = frechet_interval(f_real, f_untrained, real_groups, n_resamples=n_resamples, seed=seed)
+    fd, fd_untrained = fd_ci["value"], fd_untrained_ci["value"]
     fd_train = frechet_distance_between(f_real, f_train)
 
     mem = memorisation(generated, train_images, heldout_images)
@@ -249,9 +257,12 @@ def evaluate_generator(
                           mem["nearest index"], mem["generated distances"], value_range)
     save_grid(os.path.join(output_dir, "04_untrained_generator.png"), untrained[:64], value_range)
 
+    ci = {"FD": fd_ci, "FD untrained G": fd_untrained_ci}
     details = {
         "summary": summary,
+        "summary_ci95": {k: v for k, v in ci.items() if k in summary},
         "all": measures,
+        "ci95": ci,
         "feature_space": {
             "network": "chestzoo.metrics.generative.FeatureNet",
             "trained_on": f"{len(feature_images)} training images",

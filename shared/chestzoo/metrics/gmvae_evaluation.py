@@ -22,6 +22,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.inferers import Inferer
 
 from ..data.errors import DataError
+from .bootstrap import bootstrap_interval
 from .classification import multilabel_auroc
 from .sample_quality import load_or_train_reference, sample_quality
 
@@ -133,6 +134,8 @@ def write_evaluation_report(
     reconstructions: int = 8,
     device="cpu",
     seed: int = 0,
+    groups=None,
+    n_resamples: int = 1000,
 ) -> dict:
     """Write ``metrics.json``, ``01_reconstructions.png`` and ``05_roc.png`` into ``output_dir`` after the evaluator
     ran over the test split; returns the content of ``metrics.json``.
@@ -140,6 +143,10 @@ def write_evaluation_report(
     ``evaluator.state.metrics`` must hold ``test_nelbo``, ``test_nll``, ``test_kl``, ``test_iwae`` (means over the
     test images) and ``test_mean_auc`` with its details (``save_details=True``). ``train_dataset`` is the real
     training split: the reference classifier that judges the samples learns from it (cached in ``reference_path``).
+
+    q(y|x)'s AUROCs and the Frechet distances get bootstrap 95% intervals (``test.ci95``,
+    ``sample_quality.ci95``, ``summary_ci95``; ``n_resamples``), drawing test images by patient where ``groups``
+    gives one patient id per test image (in the order of the evaluator's dataset).
     """
     from ..visualize.gmvae import reconstruction_grid
     from ..visualize.roc import plot_roc_curves
@@ -154,6 +161,14 @@ def write_evaluation_report(
     auroc = multilabel_auroc(probs, truth, labels)
     test_dataset = evaluator.data_loader.dataset
     test_images, test_labels = stack_dataset(test_dataset)
+    if groups is not None and len(groups) != len(test_images):
+        raise ValueError(f"{len(groups)} patient ids for {len(test_images)} test images")
+
+    def q_auroc(p, y):
+        result = multilabel_auroc(p, y, labels)
+        return {"mean_auroc": result["mean_auroc"], **result["per_class"]}
+
+    auroc_ci = bootstrap_interval(q_auroc, probs.numpy(), truth.numpy(), groups=groups, n_resamples=n_resamples, seed=seed)
     pixels = int(np.prod(test_images.shape[1:]))
     to_bits = 1.0 / (pixels * math.log(2.0))
     samples = int(getattr(evaluator.inferer, "samples", 1))
@@ -169,6 +184,7 @@ def write_evaluation_report(
         "mean_auroc": auroc["mean_auroc"],
         "per_class": auroc["per_class"],
         "auroc_skipped": auroc["skipped"],
+        "ci95": {"mean_auroc": auroc_ci["mean_auroc"], "per_class": {n: auroc_ci[n] for n in labels}},
     }
 
     os.makedirs(output_dir, exist_ok=True)
@@ -204,6 +220,8 @@ def write_evaluation_report(
         real_labels=test_labels,
         seed=int(seed),
         device=device,
+        real_groups=groups,
+        n_resamples=n_resamples,
     )
     fidelity = quality.get("fidelity")
     sample_report = {
@@ -214,6 +232,7 @@ def write_evaluation_report(
         "frechet_distance_untrained": quality["frechet_distance_untrained"],
         "frechet_distance_mean_image": quality["frechet_distance_mean_image"],
         "frechet_distance_training_images": quality["frechet_distance_training_images"],
+        "ci95": quality["ci95"],
         "fidelity": fidelity,
         "fidelity_samples_per_request": int(fidelity_samples) if fidelity else 0,
     }
@@ -227,12 +246,16 @@ def write_evaluation_report(
     if fidelity:
         summary["fidelity AUROC"] = _as_float(fidelity["mean_auroc"])
     summary["judge AUROC"] = _as_float(quality["reference_auroc"]["mean_auroc"])
+    summary_ci = {"mean AUROC": auroc_ci["mean_auroc"], "FD samples": quality["ci95"]["frechet_distance"],
+                  "FD untrained": quality["ci95"]["frechet_distance_untrained"]}
+    summary = {k: v for k, v in summary.items() if v is not None}
     report = {
         "labels": labels,
         "variant": "conditional" if model.conditional else "unconditional",
         "test": test,
         "sample_quality": sample_report,
-        "summary": {k: v for k, v in summary.items() if v is not None},
+        "summary": summary,
+        "summary_ci95": {k: v for k, v in summary_ci.items() if k in summary},
     }
     from .report import write_json
 
