@@ -119,11 +119,17 @@ def _compare_rsna_models(out: Path, names: list[str], datasets: dict, fast: bool
 
 
 def _summary(work: Path) -> dict:
-    """Headline numbers a bundle's evaluate config wrote to ``metrics.json`` under ``summary``."""
+    """Headline numbers a bundle's evaluate config wrote to ``metrics.json`` under ``summary``; those with a
+    bootstrap interval under ``summary_ci95`` become text, e.g. ``"0.874 [0.842, 0.903]"``."""
+    from .metrics.bootstrap import format_interval
+
     path = work / "metrics.json"
     if not path.is_file():
         return {}
-    return json.loads(path.read_text()).get("summary", {})
+    metrics = json.loads(path.read_text())
+    summary, intervals = metrics.get("summary", {}), metrics.get("summary_ci95", {})
+    return {k: format_interval({**intervals[k], "value": v}) if isinstance(v, float) and intervals.get(k) else v
+            for k, v in summary.items()}
 
 
 def write_report(out: Path, results: list, fast: bool, seconds: float, comparison: Path | None = None) -> Path:
@@ -134,6 +140,9 @@ def write_report(out: Path, results: list, fast: bool, seconds: float, compariso
         "they show that each bundle trains, evaluates and infers correctly, not how it performs on the real datasets.",
         "",
         f"Settings: {'tests (fast)' if fast else 'demo'}; total time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores.",
+        "",
+        "Brackets hold bootstrap 95% intervals (1000 resamples of the test patients, or images where a dataset has no",
+        "patient ids); metrics.json says which under `summary_ci95`.",
         "",
         "| bundle | dataset | headline metrics (synthetic test split) | train / evaluate / infer (s) |",
         "|---|---|---|---|",
