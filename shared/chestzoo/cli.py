@@ -79,6 +79,24 @@ class ChestZoo:
                              lung_dataset_dir=lung_dataset_dir, device=device, max_images=max_images, threads=threads)
         print(f"report: {report}")
 
+    def baselines(self, dataset_dir: str, out: str | None = None, task: str | list | None = None, size: int = 32,
+                  thumbnail: int = 16, seed: int = 0, max_images: int | None = None, n_resamples: int = 1000):
+        """No-learning baselines (prevalence, best pixel, mean template, mean mask, mean boxes) on DATASET_DIR's test split.
+
+        TASK (default: every task whose datalist is there; several comma-separated): nih_classification,
+        rsna_classification, pediatric_classification, lung_segmentation, nih_detection, rsna_detection. Images are
+        shrunk to SIZE x SIZE on reading; a logistic regression on THUMBNAIL x THUMBNAIL images is reported beside
+        them as a learned linear model. MAX_IMAGES caps each split for a quick check. Writes OUT/baselines.json and
+        OUT/baselines.md (default OUT: DATASET_DIR/baselines) and prints the table.
+        """
+        from .baselines import markdown, run_baselines
+
+        if isinstance(task, str):
+            task = task.split(",")
+        report = run_baselines(dataset_dir, out, task=task, size=size, thumbnail=thumbnail, seed=seed, max_images=max_images,
+                               n_resamples=n_resamples)
+        print(markdown(report))
+
     def serve(self, host: str = "127.0.0.1", port: int = 8000, models: str | None = None, ckpt_dirs: dict | str | None = None,
               settings: str = "none", overrides: dict | str | None = None, device: str | None = None, max_upload_mb: float = 32.0):
         """A web page on http://HOST:PORT/: upload a chest X-ray, see findings, heatmaps, boxes and lungs; generate images.
