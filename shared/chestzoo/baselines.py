@@ -226,10 +226,9 @@ def classification(splits: dict[str, Split], labels: Sequence[str], thumbnail: i
     # per class the no-learning baseline with the highest test AUROC, taken as one predictor for the interval
     best = [max(NO_LEARNING, key=lambda b: _value(rows[b], name)) for name in names]
     composite = np.stack([test_scores[b][:, k] for k, b in enumerate(best)], axis=1)
-    rows["best_no_learning"] = _row("per class the best of prevalence, pixel and template on test", score(composite),
-                                    dict(zip(names, best)))
-    thumbs = {s: np.stack([shrink(i, thumbnail) for i in split.images]).reshape(len(split.images), -1) if len(split.images)
-              else np.zeros((0, thumbnail * thumbnail)) for s, split in splits.items()}
+    description = "per class the best of prevalence, pixel and template, picked on test (an upper reference)"
+    rows["best_no_learning"] = _row(description, score(composite), dict(zip(names, best)))
+    thumbs = {s: np.stack([shrink(i, thumbnail) for i in split.images]).reshape(len(split.images), -1) for s, split in splits.items()}
     scores, settings = logistic_baseline(thumbs["training"], y["training"], thumbs["validation"], y["validation"], thumbs["test"], names)
     rows["logistic_regression"] = _row(f"logistic regression on {thumbnail}x{thumbnail} thumbnails, C on validation (a learned "
                                        "linear model, not a no-learning baseline)", score(scores), settings, learned=True)
@@ -247,8 +246,8 @@ def segmentation(splits: dict[str, Split], resample: Callable) -> dict:
     dice = BatchDiceMetric(include_background=True)(predicted, truth)[:, 0].numpy()
     hd95 = HausdorffDistance95Metric()(predicted, truth)[:, 0].numpy()
     metric = lambda d, h: {"Dice": np.nanmean(d), "HD95 (px)": np.nanmean(h)}  # noqa: E731 - per-image values, computed once
-    rows = {"mean_mask": _row("the mean training mask thresholded at 0.5, the same mask for every image", resample(metric, dice, hd95),
-                              {"mask_pixels": int(constant.sum())})}
+    description = f"the mean training mask thresholded at 0.5 for every image; HD95 in pixels of the {len(constant)}-pixel-wide masks"
+    rows = {"mean_mask": _row(description, resample(metric, dice, hd95), {"mask_pixels": int(constant.sum())})}
     return {"metrics": ["Dice", "HD95 (px)"], "classes": ["lungs"], "baselines": rows, "headline": _headline(rows, "mean_mask", "Dice")}
 
 
@@ -368,7 +367,7 @@ def detection(splits: dict[str, Split], classes: Sequence[str], challenge: bool,
             arrays.append(np.asarray([np.nan if s is None else s for s in per_image]))
         rows[key] = _row(description, resample(box_metric(classes), *arrays), settings)
     metrics = ["mAP@0.5", "RSNA score"] if challenge else ["mAP@0.5"]
-    best = max(rows, key=lambda k: _value(rows[k], metrics[-1]))  # the better on test, as for classification
+    best = max(rows, key=lambda k: _value(rows[k], metrics[-1]))  # the better one on test, as for classification
     return {"metrics": metrics, "classes": list(classes), "baselines": rows, "headline": _headline(rows, best, metrics[-1])}
 
 
@@ -411,7 +410,8 @@ def markdown(report: dict) -> str:
                   f"{task['datalist']}, test split: {task['images']['test']} images, {task['units']} {task['unit']}s; "
                   f"images at {report['size']}x{report['size']}; {int(100 * report['level'])}% intervals: {task['unit']} "
                   f"bootstrap, {report['n_resamples']} resamples.{' ' + task['note'] if task.get('note') else ''}", "",
-                  f"Best no-learning {h['metric']}: **{format_interval(h)}** ({h['baseline']})", "",
+                  f"Best no-learning {h['metric']}: **{format_interval(h)}**, {h['baseline']}: "
+                  f"{task['baselines'][h['baseline']]['description']}", "",
                   "| baseline | " + " | ".join(task["metrics"]) + " |", "| --- |" + " --- |" * len(task["metrics"])]
         for key, row in task["baselines"].items():
             label = f"{key} (learned)" if row["learned"] else key
@@ -433,8 +433,14 @@ def run_baselines(dataset_dir: str, out: str | None = None, task: str | Sequence
     """Fit and score the baselines of each task in ``dataset_dir`` (default: every task whose datalist is there).
 
     Writes ``baselines.json`` and ``baselines.md`` into ``out`` (default ``dataset_dir/baselines``) and returns the
-    JSON's content. ``size``: working size of the images; ``thumbnail``: the logistic regression's input size;
-    ``max_images``: at most this many images per split (a seeded random subset), for a quick check.
+    JSON's content. ``size``: working size of the images; ``thumbnail``: the logistic regression's input size
+    (shrunk from the working size); ``max_images``: at most this many images per split (a seeded random subset).
+
+    The report: the options, and per task ``{"kind", "datalist", "images": {split: count}, "units", "unit" (what the
+    bootstrap resampled: patient or image), "note", "metrics": [column names], "classes", "headline": {"baseline",
+    "metric", interval}, "baselines": {name: {"description", "learned", "metrics": {metric: interval}, "per_class":
+    {class: interval} (several classes only), "settings"}}}``, each interval as
+    :func:`chestzoo.metrics.bootstrap.bootstrap_interval` returns it.
     """
     tasks = [task] if isinstance(task, str) else list(task or detect_tasks(dataset_dir))
     unknown = [t for t in tasks if t not in TASKS]
