@@ -15,10 +15,16 @@ pass of resampling serves every name and the result maps each name to its interv
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
+try:  # installed with scikit-learn
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 MAX_SKIPPED = 0.5
 
@@ -116,13 +122,17 @@ def bootstrap_interval(
     if n and n_resamples > 0:
         resampler = _Resampler(n, groups, strata)
         rng = np.random.default_rng(seed)
-        for _ in range(int(n_resamples)):
-            index = resampler.sample(rng)
-            result = metric(*(_take(a, index) for a in arrays))
-            for k in names:
-                value = _defined(result.get(k) if named else result)
-                if value is not None:
-                    samples[k].append(value)
+        # one BLAS thread: a resample's small matrices (e.g. 64 x 64 covariances) gain nothing from threads, and on a
+        # busy machine their start-up made a Frechet distance 30 times slower (20 ms against 0.6 ms)
+        single_thread = threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
+        with single_thread:
+            for _ in range(int(n_resamples)):
+                index = resampler.sample(rng)
+                result = metric(*(_take(a, index) for a in arrays))
+                for k in names:
+                    value = _defined(result.get(k) if named else result)
+                    if value is not None:
+                        samples[k].append(value)
     unit = unit or ("patient" if groups is not None else "image")
     alpha = (1.0 - level) / 2.0
     out = {}
