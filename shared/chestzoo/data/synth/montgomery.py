@@ -88,7 +88,7 @@ def render_patient(index: int, size: int = 256, seed: int = 0) -> MontgomeryCase
     extras = []
     if tuberculosis:
         extras = sorted(rng.choice(_EXTRA_FINDINGS, size=int(rng.integers(0, 2)), replace=False).tolist())
-    chest = render_chest(rng, int(round(size * ASPECT)), extras, width=size)
+    chest = render_chest(rng, int(round(size * ASPECT)), extras, width=size, view="PA")
     side, cavity = "", False
     if tuberculosis:
         side = "right" if rng.random() < 0.5 else "left"
