@@ -60,6 +60,12 @@ def _boxes(path):
     return out
 
 
+def _truth(path):
+    """synthetic_truth.csv split by hand: {image: exact findings}."""
+    rows = [line.split(",") for line in open(path).read().splitlines()[1:]]
+    return {name: set(labels.split("|")) - {"No Finding"} for name, labels in rows}
+
+
 def _ours(box_file_label):
     """The box file spells Infiltration 'Infiltrate'."""
     return "Infiltration" if box_file_label == "Infiltrate" else box_file_label
@@ -76,14 +82,14 @@ def _tree_hash(root):
     return digest.hexdigest()
 
 
-def _redraw(labels, patient, follow_up):
-    """The phantom drawn straight from the written labels, with the per-image seed the writer documents."""
-    return render_chest(np.random.default_rng([SEED, int(patient), follow_up]), SIZE, sorted(labels))
+def _redraw(findings, patient, follow_up, view):
+    """The phantom drawn straight from the exact findings, with the per-image seed the writer documents."""
+    return render_chest(np.random.default_rng([SEED, int(patient), follow_up]), SIZE, sorted(findings), view=view)
 
 
-def _expected_pixels(path, labels, patient, follow_up):
+def _expected_pixels(path, findings, patient, follow_up, view):
     """The redrawn phantom quantised as the PNG's own bit depth."""
-    image = _redraw(labels, patient, follow_up).image
+    image = _redraw(findings, patient, follow_up, view).image
     if Image.open(path).mode == "I;16":
         return to_uint16(image) / 65535.0
     return to_uint8(image) / 255.0
@@ -121,6 +127,7 @@ def test_layout_matches_the_release(archive):
 def test_datalist_images_labels_and_boxes_equal_what_was_written(archive):
     root, _, summary = archive
     entries = _entries(root / "Data_Entry_2017_v2020.csv")
+    exact = _truth(root / "synthetic_truth.csv")
     boxes = _boxes(root / "BBox_List_2017.csv")
     datalist = json.loads((root / "datalist.json").read_text())
     assert datalist["labels"] == list(NIH_LABELS) and datalist["box_classes"] == list(NIH_BOX_LABELS)
@@ -135,17 +142,52 @@ def test_datalist_images_labels_and_boxes_equal_what_was_written(archive):
             assert {NIH_LABELS[i] for i, v in enumerate(item["label"]) if v} == labels
             meta = (item["patient"], item["follow_up"], item["age"], item["sex"], item["view"])
             assert meta == (patient, follow_up, age, sex, view)
-            expected = _expected_pixels(item["image"], labels, patient, follow_up).astype(np.float32)
+            expected = _expected_pixels(item["image"], exact[name], patient, follow_up, view).astype(np.float32)
             np.testing.assert_array_equal(read_image(item["image"]), expected)
             truth = [(NIH_BOX_LABELS.index(_ours(label)), box) for label, box in boxes.get(name, [])]
             assert list(zip(item.get("box_label", []), item.get("box", []))) == truth
-            if truth:  # the boxes are the phantom's own, in pixels of the stored image
-                phantom = _redraw(labels, patient, follow_up)
+            if truth:  # the boxes are the phantom's own for the exact findings, in pixels of the stored image
+                phantom = _redraw(exact[name], patient, follow_up, view)
                 drawn = [(NIH_BOX_LABELS.index(f), b) for f, b in phantom.boxes if f in NIH_BOX_LABELS]
                 assert truth == drawn
     assert seen == set(entries)
     assert any("Infiltrate" == label for v in boxes.values() for label, _ in v)
     assert {_ours(label) for v in boxes.values() for label, _ in v} == set(NIH_BOX_LABELS)
+
+
+def test_exact_labels_beside_the_noisy_ones(archive):
+    root, written, _ = archive
+    entries = _entries(root / "Data_Entry_2017_v2020.csv")
+    exact = _truth(root / "synthetic_truth.csv")
+    assert (root / "synthetic_truth.csv").read_text().splitlines()[0] == "Image Index,Finding Labels"
+    assert set(exact) == set(entries)
+    missed = sum(len(exact[n] - entries[n][0]) for n in exact)
+    false = sum(len(entries[n][0] - exact[n]) for n in exact)
+    assert (missed, false) == (written["missed_labels"], written["false_labels"])
+    assert missed > 0  # the default rates make some noise even on a small set
+
+
+def test_label_noise_rates_are_as_set():
+    rng = np.random.default_rng(0)
+    truth = [set(rng.choice(NIH_LABELS, size=int(rng.integers(0, 3)), replace=False)) for _ in range(20000)]
+    written = [synth.add_label_noise(rng, t, missed_rate=0.2, false_rate=0.1) for t in truth]
+    positives = sum(len(t) for t in truth)
+    assert sum(len(t - w) for t, w in zip(truth, written)) / positives == pytest.approx(0.2, abs=0.01)
+    for label in ("Infiltration", "Hernia"):  # about false_rate spurious positives per true one, common or rare
+        spurious = sum(label in w and label not in t for t, w in zip(truth, written))
+        true = sum(label in t for t in truth)
+        expected = 0.1 * synth.prevalence(label) / (1 - synth.prevalence(label)) * (len(truth) - true)
+        assert spurious == pytest.approx(expected, rel=0.25)
+    exact = [synth.add_label_noise(rng, t, missed_rate=0.0, false_rate=0.0) for t in truth[:500]]
+    assert exact == truth[:500]
+
+
+def test_cli_writes_exact_labels_when_noise_is_off(tmp_path):
+    out = str(tmp_path / "exact")
+    command = ["synth", "nih", out, "--patients", "6", "--size", "32", "--missed_rate", "0", "--false_rate", "0"]
+    fire.Fire(ChestZoo, command=command, name="chestzoo")
+    entries = _entries(os.path.join(out, "Data_Entry_2017_v2020.csv"))
+    assert {n: e[0] for n, e in entries.items()} == _truth(os.path.join(out, "synthetic_truth.csv"))
 
 
 def test_splits_are_patient_wise_and_honour_the_official_lists(archive):
