@@ -92,6 +92,7 @@ def bootstrap_interval(
     seed: int = 0,
     level: float = 0.95,
     unit: str | None = None,
+    bias_corrected: bool = False,
 ) -> dict:
     """Point estimate of ``metric(*arrays)`` and its bootstrap percentile interval.
 
@@ -103,6 +104,9 @@ def bootstrap_interval(
         strata: one label per item; each stratum is resampled on its own, keeping its size.
         n_resamples, seed, level: number of resamples, seed of the numpy Generator, coverage of the interval.
         unit: the name of what is resampled in the result; default ``"patient"`` with groups, else ``"image"``.
+        bias_corrected: shift the interval by the bootstrap estimate of bias (mean of the resamples minus the point
+            estimate, reported as ``"bias"``), for statistics that duplicates in a resample push one way, such as
+            the Frechet distance, whose plain percentile interval can lie wholly above the point estimate.
 
     Returns ``{"value", "low", "high", "level", "n_resamples", "skipped", "unit"}`` (``value``/``low``/``high`` None
     where undefined), or for a mapping-valued metric a dict of such dicts, one per name.
@@ -144,6 +148,9 @@ def bootstrap_interval(
             low, high = (float(q) for q in np.quantile(values, [alpha, 1.0 - alpha]))
         out[k] = {"value": point_values[k], "low": low, "high": high, "level": level,
                   "n_resamples": int(n_resamples), "skipped": skipped, "unit": unit}
+        if bias_corrected:
+            bias = float(values.mean() - point_values[k]) if low is not None else None
+            out[k].update(bias=bias, low=None if bias is None else low - bias, high=None if bias is None else high - bias)
     return out if named else out[None]
 
 

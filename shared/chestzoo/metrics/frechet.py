@@ -68,7 +68,8 @@ def frechet_interval(real_features, generated_features, real_groups=None, n_resa
 
     Each set is resampled on its own, keeping its size; with ``real_groups`` (one patient id per real feature, e.g.
     CT slices of one patient) real features are drawn by patient, generated ones always one by one. Duplicates in a
-    resample shrink its covariances, so resampled distances run a little above the point estimate at small sizes.
+    resample shrink its covariances and so raise its distance: with 80 features of 128 dimensions every resample
+    scored 127-144 against 99 on the data, so the interval is shifted back by that bootstrap bias (``"bias"``).
     """
     real = real_features.detach().cpu().numpy() if isinstance(real_features, torch.Tensor) else np.asarray(real_features)
     fake = generated_features.detach().cpu().numpy() if isinstance(generated_features, torch.Tensor) else np.asarray(generated_features)
@@ -83,7 +84,7 @@ def frechet_interval(real_features, generated_features, real_groups=None, n_resa
         return frechet_distance_between(f[~g], f[g]) if min((~g).sum(), g.sum()) >= 2 else None
 
     return bootstrap_interval(distance, features, generated, groups=groups,
-                              strata=generated, n_resamples=n_resamples, seed=seed,
+                              strata=generated, n_resamples=n_resamples, seed=seed, bias_corrected=True,
                               unit="patient / generated image" if groups is not None else "image")
 
 
