@@ -9,7 +9,7 @@ As in the release: several images per patient (the last number counts a patient'
 runs across all patients of one kind for PNEUMONIA names), images of varied size and aspect, most of them grey JPEGs
 and a few RGB ones, about 73% pneumonia, and a tiny ``val`` folder whose patients continue the training numbering.
 The ``test`` folder is numbered on its own, so its patient numbers repeat those of ``train``.
-Pneumonia images are drawn with the phantom's "Lung Opacity" finding, normal ones with no finding.
+Pneumonia images are drawn with the phantom's "Lung Opacity" finding, normal ones with no finding; all are AP films.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ PNEUMONIA_PATIENT_SHARE = 0.67  # with more images per pneumonia patient, about 
 BACTERIAL_SHARE = 0.65  # 2,780 bacterial vs 1,493 viral images in the release
 RGB_EVERY = 12  # every 12th image is saved as a 3-channel JPEG
 JPEG_QUALITY = 92
+VIEW = "AP"  # young children are filmed lying or held, front to back
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def plan(patients: int = 60, size: int = 256, seed: int = 0) -> list[PediatricIm
 
 def render(image: PediatricImage, seed: int) -> ChestPhantom:
     """The phantom behind ``image``'s pixels (its own random stream, so any image can be redrawn alone)."""
-    return render_chest(np.random.default_rng([seed, 1, image.index]), image.height, image.findings, width=image.width)
+    rng = np.random.default_rng([seed, 1, image.index])
+    return render_chest(rng, image.height, image.findings, width=image.width, view=VIEW)
 
 
 def write(out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int = 0) -> dict:

@@ -124,7 +124,7 @@ def plan(patients: int = 60, seed: int = 0) -> list[RsnaStudy]:
 
 def render(study: RsnaStudy, size: int, seed: int) -> ChestPhantom:
     """The phantom behind ``study``'s pixels (its own random stream, so any study can be redrawn alone)."""
-    return render_chest(np.random.default_rng([seed, 1, study.index]), size, study.findings)
+    return render_chest(np.random.default_rng([seed, 1, study.index]), size, study.findings, view=study.view)
 
 
 def opacity_boxes(phantom: ChestPhantom) -> list[list[float]]:
