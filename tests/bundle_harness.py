@@ -20,7 +20,8 @@ What runs, for ``BUNDLE_RUNS[name]`` (shared/chestzoo/bundle_runs.py):
 Fixtures a bundle's own tests can use: ``bundle_dataset`` (the prepared synthetic dataset folder) and
 ``bundle_outputs`` (``{"ckpt_dir", "output_dir", "dataset_dir"}`` after the in-process runs). Checks a bundle's own
 tests call with their details: ``bundle_workflow``, ``check_training_resumes``, ``train_in_two_processes``,
-``check_offline_weights_fail_clearly``.
+``check_offline_weights_fail_clearly``, and for the learning tests ``check_learned`` (every headline interval clears
+its bar over the best no-learning baseline, ``BundleRun.margins``) with its twin ``check_untrained_fails``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,52 @@ def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -
     parser.read_config(config_path(name, "train"))
     parser["init_ckpt"] = str(tmp_path / "model.pt")
     parser.get_parsed_content("network_def")
+
+
+_BASELINES: dict[tuple[str, str], dict] = {}
+
+
+def baselines_of(dataset_dir: str, task: str) -> dict:
+    """``chestzoo baselines``' report of ``task`` on ``dataset_dir``, computed once per test session."""
+    from chestzoo.baselines import run_baselines
+
+    if (dataset_dir, task) not in _BASELINES:
+        out = os.path.join(dataset_dir, "baselines", task)
+        _BASELINES[dataset_dir, task] = run_baselines(dataset_dir, out=out, task=task)
+    return _BASELINES[dataset_dir, task]
+
+
+def learning_verdicts(name: str, output_dir: str, dataset_dir: str) -> list[dict]:
+    """The evaluation in ``output_dir`` judged against each bar of ``BundleRun.margins`` (chestzoo.evidence)."""
+    from chestzoo.evidence import judge
+
+    metrics = json.loads((Path(output_dir) / "metrics.json").read_text())
+    return [judge(metrics, m, baselines_of(dataset_dir, m.task) if m.task else None) for m in BUNDLE_RUNS[name].margins]
+
+
+def check_learned(name: str, output_dir: str, dataset_dir: str) -> None:
+    """A learning test's assertion: every headline interval clears its bar over the best no-learning baseline."""
+    verdicts = learning_verdicts(name, output_dir, dataset_dir)
+    assert verdicts and all(v["passed"] for v in verdicts), "\n".join(v["text"] for v in verdicts)
+
+
+def check_untrained_fails(name: str, dataset_dir: str, tmp_path: Path, **overrides) -> None:
+    """The learning test's twin: the untrained network, evaluated exactly as the trained one, fails every bar."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_path(name, "train"))
+    parser.update({"dataset_dir": dataset_dir, **overrides})
+    (tmp_path / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content(BUNDLE_RUNS[name].net_id).state_dict(), tmp_path / "models" / "model.pt")
+    dirs = {"dataset_dir": dataset_dir, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    workflow = bundle_workflow(name, "evaluate", **dirs, **overrides)
+    workflow.run()
+    workflow.finalize()
+    verdicts = learning_verdicts(name, dirs["output_dir"], dataset_dir)
+    assert verdicts and not any(v["passed"] for v in verdicts), "\n".join(v["text"] for v in verdicts)
 
 
 def bundle_tests(name: str) -> dict:

@@ -62,3 +62,16 @@ def test_bundles_share_synthetic_data_only_when_they_ask_for_the_same():
             assert (folders[a] == folders[b]) == same, (a, b)
     fast = {folder for folder, _, _ in data_folders(list(BUNDLE_RUNS), fast=True).values()}
     assert fast == {r.dataset for r in BUNDLE_RUNS.values()}, "the tests' tiny sets: one per dataset, named after it"
+
+
+def test_report_shows_each_number_beside_its_best_baseline_and_verdict(tmp_path):
+    from chestzoo.evidence import Margin, judge
+
+    margin = Margin("mean AUROC", "nih_classification", margin=0.05)
+    metrics = {"summary_ci95": {"mean AUROC": {"value": 0.8, "low": 0.7, "high": 0.85}}}
+    baselines = {"tasks": {"nih_classification": {"headline": {"baseline": "template", "value": 0.6, "low": 0.55, "high": 0.65}}}}
+    verdicts = {"b": [judge(metrics, margin, baselines)], "c": [judge(metrics, margin, {"tasks": {"nih_classification": {
+        "headline": {"baseline": "pixel", "value": 0.7, "low": 0.6, "high": 0.8}}}})]}
+    text = write_report(tmp_path, [], fast=True, seconds=60, evidence=verdicts).read_text()
+    assert "| `b` | mean AUROC 0.800 [0.700, 0.850] | 0.600 [0.550, 0.650] (template) |" in text
+    assert text.count("| clears |") == 1 and text.count("**does not clear**") == 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .evidence import Margin
+
 
 @dataclass(frozen=True)
 class BundleRun:
@@ -23,6 +25,9 @@ class BundleRun:
     torchscript: bool = True  # whether ckpt_export can script the network
     # whether the network exports to ONNX (chestzoo verify); False: the detectors, whose number of boxes is data-dependent
     onnx: bool = True
+    # the bars its headline numbers' 95% intervals must clear to show learning (chestzoo.evidence), read by the demo
+    # report and the learning tests
+    margins: tuple[Margin, ...] = ()
 
 
 def override_args(overrides: dict) -> list[str]:
@@ -41,6 +46,7 @@ def override_args(overrides: dict) -> list[str]:
 BUNDLE_RUNS: dict[str, BundleRun] = {
     "cxr14_lse_classification": BundleRun(
         dataset="nih",
+        margins=(Margin("mean AUROC", "nih_classification", margin=0.05),),
         # demo target: test mean AUROC >= 0.85 within minutes on a CPU; the measured numbers and run times are in
         # bundles/cxr14_lse_classification/docs/README.md
         demo_data={"patients": 300, "size": 64},
@@ -68,6 +74,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     ),
     "cxr14_gmvae": BundleRun(
         dataset="nih",
+        margins=(Margin("mean AUROC", "nih_classification", margin=0.05), Margin("FD samples", factor=3.0, untrained="FD untrained")),
         # demo target: q(y|x) mean AUROC >= 0.80, conditional fidelity judged by an independent classifier >= 0.75,
         # Frechet distance of samples far below an untrained decoder's; the measured numbers and run times are in
         # bundles/cxr14_gmvae/docs/README.md
@@ -104,6 +111,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     ),
     "rsna_pneumonia_classification": BundleRun(
         dataset="rsna",
+        margins=(Margin("AUROC", "rsna_classification", margin=0.10),),
         demo_data={"patients": 400, "size": 128},
         demo={
             # no ImageNet weights offline: VGG16 with batch norm from scratch, at 32 x 32, without augmentation
@@ -130,6 +138,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     ),
     "cxr_lung_segmentation": BundleRun(
         dataset="montgomery",
+        margins=(Margin("Dice", "lung_segmentation", margin=0.08),),
         demo_data={"patients": 120, "size": 128},
         demo={
             "image_size": 96,
@@ -152,6 +161,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "rsna_pneumonia_detection": BundleRun(
         onnx=False,  # torch.export: data-dependent box count; the traced graph holds the traced input's count
         dataset="rsna",
+        margins=(Margin("RSNA score", "rsna_detection", margin=0.10, factor=2.0),),
         # demo target: test RSNA challenge score >= 0.40 with a compact Mask R-CNN from scratch at 64 x 64 within
         # minutes on a CPU; the measured numbers and run times are in bundles/rsna_pneumonia_detection/docs/README.md
         demo_data={"patients": 400, "size": 128},
@@ -205,6 +215,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "cxr_pathology_detection": BundleRun(
         onnx=False,  # torch.export: data-dependent box count; the traced graph holds the traced input's count
         dataset="nih",
+        margins=(Margin("mAP@0.5 (no TTA)", "nih_detection", margin=0.10, factor=2.0),),
         datalist="datalist_boxes.json",
         # demo target: test mAP@0.5 >= 0.5 with a compact Faster R-CNN from scratch. Its own synthetic set: 40% of the
         # patients on the official test list, where the boxed films are, gives it more boxed training films than the
@@ -260,6 +271,7 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     ),
     "lung_ct_dcgan": BundleRun(
         dataset="lung_pet_ct_dx",
+        margins=(Margin("FD", factor=3.0, untrained="FD untrained G"),),
         # demo target (bundles/lung_ct_dcgan/docs/README.md): Frechet distance several times below an untrained
         # generator's, diversity ratio well above 0 (no collapse), a synthetic DICOM series written
         demo_data={"patients": 16, "size": 64},

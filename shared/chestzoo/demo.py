@@ -97,7 +97,8 @@ def run_demo(out: str = "demo_output", bundles: list[str] | None = None, fast: b
                 raise RuntimeError(f"{name} {config} failed (exit {done.returncode}); log {log}:\n{tail}")
         results.append((name, run, seconds, _summary(work)))
     comparison = _compare_rsna_models(out, names, datasets, fast)
-    report = write_report(out, results, fast, time.time() - started, comparison)
+    evidence = judge_learning(out, names, datasets)
+    report = write_report(out, results, fast, time.time() - started, comparison, evidence)
     logger.info("demo finished in %.0f s; report: %s", time.time() - started, report)
     return report
 
@@ -118,6 +119,32 @@ def _compare_rsna_models(out: Path, names: list[str], datasets: dict, fast: bool
     return report.relative_to(out)
 
 
+def judge_learning(out: Path, names: list[str], datasets: dict) -> dict[str, list[dict]]:
+    """Each bundle's headline intervals against the best no-learning baseline of its task on the same synthetic test
+    split (``chestzoo baselines``, written to ``<data folder>/baselines/<task>/``), by :mod:`chestzoo.evidence`."""
+    from .baselines import run_baselines
+    from .evidence import judge
+
+    reports: dict[tuple[Path, str], dict] = {}
+    verdicts = {}
+    for name in names:
+        metrics_path = out / name / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        verdicts[name] = []
+        for margin in BUNDLE_RUNS[name].margins:
+            baselines = None
+            if margin.task is not None:
+                key = (datasets[name], margin.task)
+                if key not in reports:
+                    logger.info("no-learning baselines: %s on %s", margin.task, datasets[name])
+                    reports[key] = run_baselines(str(key[0]), out=str(key[0] / "baselines" / margin.task), task=margin.task)
+                baselines = reports[key]
+            verdicts[name].append(judge(metrics, margin, baselines))
+    return verdicts
+
+
 def _summary(work: Path) -> dict:
     """Headline numbers a bundle's evaluate config wrote to ``metrics.json`` under ``summary``; those with a
     bootstrap interval under ``summary_ci95`` become text, e.g. ``"0.874 [0.842, 0.903]"``."""
@@ -132,7 +159,10 @@ def _summary(work: Path) -> dict:
             for k, v in summary.items()}
 
 
-def write_report(out: Path, results: list, fast: bool, seconds: float, comparison: Path | None = None) -> Path:
+def write_report(out: Path, results: list, fast: bool, seconds: float, comparison: Path | None = None,
+                 evidence: dict[str, list[dict]] | None = None) -> Path:
+    from .metrics.bootstrap import format_interval
+
     lines = [
         "# chestzoo demo report",
         "",
@@ -151,6 +181,19 @@ def write_report(out: Path, results: list, fast: bool, seconds: float, compariso
         metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()) or "-"
         times = " / ".join(f"{secs[c]:.0f}" for c in run.configs)
         lines.append(f"| `{name}` | {run.dataset} | {metrics} | {times} |")
+    if evidence:
+        lines += ["", "## Evidence of learning", "",
+                  "Each headline number beside the best score reached without learning on the same test split",
+                  "(`chestzoo baselines`: best single pixel, class-mean template, constant mask or fixed boxes; a generator",
+                  "is compared with itself untrained). A bundle shows learning when its interval clears the bar.", "",
+                  "| bundle | number (95% interval) | best no-learning baseline | rule | bar | verdict |", "|---|---|---|---|---|---|"]
+        for name, verdicts in evidence.items():
+            for v in verdicts:
+                reference = v["baseline"]
+                baseline = f"{format_interval(reference)} ({reference.get('baseline', 'untrained')})"
+                lines.append(f"| `{name}` | {v['metric']} "
+                             f"{format_interval(v['bundle'])} | {baseline} | {v['rule']} | {v['bar']:.3f} | "
+                             f"{'clears' if v['passed'] else '**does not clear**'} |")
     if comparison is not None:
         lines += ["", f"The three RSNA pneumonia models side by side on the same test images: [{comparison}]({comparison})."]
     for name, _, _, _ in results:
