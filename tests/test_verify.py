@@ -26,8 +26,6 @@ def test_every_bundle_passes_verify(name, synthetic_data):
     failed = {n: r.detail for n, r in results.items() if r.status == "fail"}
     assert not failed, failed
     expected_skips = {check for check, applies in (("torchscript", run.torchscript), ("onnx", run.onnx)) if not applies}
-    if not checks.default_schema(BUNDLES_DIR / name).is_file():
-        expected_skips.add("metadata")
     assert {n for n, r in results.items() if r.status == "skip"} == expected_skips, {n: r.detail for n, r in results.items()}
     if run.onnx:
         assert "ONNX Runtime equals PyTorch" in results["onnx"].detail
@@ -55,7 +53,7 @@ def test_verify_catches_a_version_missing_from_the_changelog(broken_copy):
     bundle = broken_copy()
     _edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="9.9.9"))
     with pytest.raises(CheckFailed, match="not a key of changelog"):
-        checks.check_metadata(bundle, checks.default_schema(BUNDLES_DIR / bundle.name))
+        checks.check_metadata(bundle, checks.default_schema())
 
 
 def test_verify_catches_missing_files_and_bad_json(broken_copy):
