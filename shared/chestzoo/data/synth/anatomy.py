@@ -272,7 +272,7 @@ class Body:
         posterior = (Y - g.apex + 0.04 + 0.5 * ax - 1.6 * ax * ax) / spacing
         width = uniform(rng, 0.36, 0.46)
         band = np.clip((np.cos(2 * np.pi * posterior) - np.cos(np.pi * width)) / (1 - np.cos(np.pi * width)), 0, 1)
-        ribs = 0.08 * np.sqrt(band) * ramp(ax - 0.04, 0.02) * ramp(posterior + 0.3, 0.2)
+        ribs = 0.065 * np.sqrt(band) * ramp(ax - 0.04, 0.02) * ramp(posterior + 0.3, 0.2)
         anterior = (Y - g.apex - 0.08 + 0.45 * ax) / (1.3 * spacing)
         aband = np.clip((np.cos(2 * np.pi * anterior) - 0.6) / 0.4, 0, 1)
         ribs = ribs + 0.04 * aband * ramp(ax - 0.12, 0.05) * ramp(anterior, 0.3)

@@ -113,7 +113,9 @@ def burn_in(image: np.ndarray, rng) -> np.ndarray:
         _stamp(image, bitmap, row, col, uniform(rng, 0.85, 1.0))
     if rng.random() < 0.5:  # a few lines of tiny "characters" (random 3 x 5 glyphs)
         k = max(1, int(round(min(h, w) * 0.005)))
-        lines, chars = int(rng.integers(1, 5)), int(rng.integers(4, 14))
+        # a glyph is at least 5 px tall: small films get fewer, shorter lines, so text stays in its corner
+        lines = min(int(rng.integers(1, 5)), max(1, min(h, w) // 64))
+        chars = min(int(rng.integers(4, 14)), max(3, min(h, w) // 10))
         glyphs = rng.random((lines, chars, 5, 3)) < 0.5
         text = np.zeros((lines * 7, chars * 4), bool)
         for i in range(lines):

@@ -74,7 +74,7 @@ def nodule(les: Lesions, rng) -> None:
     x, y, _ = les.site(rng)
     size = max(uniform(rng, 0.018, 0.04), 1.1 * les.body.px)  # at least about 2 px across at 64 px
     r = les.radius(x, y, size, size * uniform(rng, 0.85, 1.15), uniform(rng, 0, np.pi))
-    les.density += subtle(rng, 0.08, 0.35) * sphere(r)
+    les.density += subtle(rng, 0.2, 0.6) * sphere(r)
     les.box("Nodule", r < 1)
 
 
@@ -83,7 +83,7 @@ def mass(les: Lesions, rng) -> None:
     size = uniform(rng, 0.045, 0.1)
     r = les.radius(x, y, size, size * uniform(rng, 0.8, 1.2), uniform(rng, 0, np.pi))
     r = r * (1 + 0.12 * les.noise(rng, size * 0.6))  # lobulated outline
-    les.density += subtle(rng, 0.08, 0.35) * sphere(r)
+    les.density += subtle(rng, 0.12, 0.5) * sphere(r)
     les.box("Mass", r < 1)
 
 
@@ -95,7 +95,7 @@ def _airspace(les: Lesions, rng, name: str, lower: float, mottled: float) -> Non
     r = r + 0.3 * les.noise(rng, rx * 0.7)
     region = ramp(1 - r, 0.25) * les.lungs
     texture = 1 - mottled + mottled * np.clip(0.5 + 0.5 * les.noise(rng, 0.015), 0, 1)
-    contrast = subtle(rng, 0.06, 0.35)
+    contrast = subtle(rng, 0.12, 0.5)
     les.density += contrast * region * texture
     if rng.random() < 0.6:  # air bronchograms: dark branching tubes where the consolidation is dense
         tubes = np.exp(-((les.noise(rng, uniform(rng, 0.015, 0.03)) / 0.3) ** 2))
@@ -116,7 +116,7 @@ def atelectasis(les: Lesions, rng) -> None:
     b = les.body
     x, y, side = les.site(rng, lower=2.0)
     if rng.random() < 0.7:
-        length, thick = uniform(rng, 0.06, 0.22), max(uniform(rng, 0.007, 0.022), 0.7 * b.px)
+        length, thick = uniform(rng, 0.08, 0.24), max(uniform(rng, 0.014, 0.03), 0.8 * b.px)
         angle = uniform(rng, -0.6, 0.6)
         c, s = np.cos(angle), np.sin(angle)
         along, across = c * (b.X - x) + s * (b.Y - y), -s * (b.X - x) + c * (b.Y - y)
@@ -126,7 +126,7 @@ def atelectasis(les: Lesions, rng) -> None:
         r = les.radius(x, y, uniform(rng, 0.03, 0.06), uniform(rng, 0.08, 0.14), side * uniform(rng, 0.2, 0.6))
         band = ramp(1 - r, 0.2)
     band = band * les.lungs
-    les.density += subtle(rng, 0.08, 0.35) * band
+    les.density += subtle(rng, 0.2, 0.55) * band
     les.box("Atelectasis", band >= 0.5)
 
 
@@ -157,8 +157,8 @@ def pneumothorax(les: Lesions, rng) -> None:
     line_width = max(0.006, 0.8 * b.px) / b.g.lung_rx
     line = ramp(line_width - np.abs(r - (1 - gap)), b.edge / b.g.lung_rx) * (gap > 0.02) * inside
     les.markings *= 1 - space
-    les.air *= 1 + subtle(rng, 0.15, 0.6) * space
-    les.density += subtle(rng, 0.08, 0.25) * line
+    les.air *= 1 + subtle(rng, 0.2, 0.7) * space
+    les.density += subtle(rng, 0.12, 0.35) * line
     les.box("Pneumothorax", space >= 0.5)
 
 
@@ -168,12 +168,12 @@ def pleural_thickening(les: Lesions, rng) -> None:
     side = -1 if rng.random() < 0.5 else 1
     angle = np.arctan2(b.ey, (side * b.X - b.g.lung_x) / b.g.lung_rx)
     centre, span = uniform(rng, -1.8, 0.9), uniform(rng, 0.3, 1.1)
-    thick = max(uniform(rng, 0.04, 0.12), 1.5 * b.px / b.g.lung_rx)
+    thick = max(uniform(rng, 0.05, 0.14), 1.5 * b.px / b.g.lung_rx)
     inner = 1 - thick * (1 + 0.4 * les.noise(rng, 0.04))
     band = ramp(b.side_r[side] - inner, 0.02) * ramp(span - np.abs(angle - centre), 0.2) * b.field[side]
     if rng.random() < 0.2:
         band = band * (1 + 1.5 * (les.noise(rng, 0.02) > 1.2))
-    les.density += subtle(rng, 0.08, 0.35) * band
+    les.density += subtle(rng, 0.15, 0.5) * band
     les.box("Pleural_Thickening", band >= 0.5)
 
 
@@ -187,8 +187,8 @@ def hernia(les: Lesions, rng) -> None:
     sac = ramp(1 - r, 0.2)
     level = y + size * uniform(rng, -0.6, 0.2)
     air = sac * ramp(level - b.Y, b.edge)
-    contrast = subtle(rng, 0.08, 0.3)
-    les.density += contrast * (sac - 1.5 * air)
+    contrast = subtle(rng, 0.15, 0.45)
+    les.density += contrast * (sac - 3.0 * air)  # the gas bubble shows through the heart
     les.box("Hernia", sac >= 0.5)
 
 
@@ -235,7 +235,7 @@ def infiltration(les: Lesions, rng) -> None:
         size = uniform(rng, 0.025, 0.07)
         patches = np.maximum(patches, ramp(1 - les.radius(x, y, size, size * uniform(rng, 0.7, 1.3)), 0.8))
     patches = patches * les.lungs * (0.6 + 0.4 * np.clip(les.noise(rng, 0.015), -1, 1))
-    les.density += subtle(rng, 0.05, 0.2) * patches
+    les.density += subtle(rng, 0.15, 0.45) * patches
     les.box("Infiltration", patches >= 0.3)
 
 
