@@ -156,9 +156,11 @@ def pneumothorax(les: Lesions, rng) -> None:
     space = ramp(r - (1 - gap), b.edge) * (gap > 0.01) * inside
     line_width = max(0.006, 0.8 * b.px) / b.g.lung_rx
     line = ramp(line_width - np.abs(r - (1 - gap)), b.edge / b.g.lung_rx) * (gap > 0.02) * inside
+    size = float(gap.max())
     les.markings *= 1 - space
-    les.air *= 1 + subtle(rng, 0.2, 0.7) * space
+    les.air *= 1 + subtle(rng, 0.3, 0.9) * space
     les.density += subtle(rng, 0.12, 0.35) * line
+    les.density += 0.3 * size * inside * (1 - space) * b.field[side]  # the collapsing lung gets denser
     les.box("Pneumothorax", space >= 0.5)
 
 
@@ -168,7 +170,7 @@ def pleural_thickening(les: Lesions, rng) -> None:
     side = -1 if rng.random() < 0.5 else 1
     angle = np.arctan2(b.ey, (side * b.X - b.g.lung_x) / b.g.lung_rx)
     centre, span = uniform(rng, -1.8, 0.9), uniform(rng, 0.3, 1.1)
-    thick = max(uniform(rng, 0.05, 0.14), 1.5 * b.px / b.g.lung_rx)
+    thick = max(uniform(rng, 0.06, 0.16), 2.0 * b.px / b.g.lung_rx)
     inner = 1 - thick * (1 + 0.4 * les.noise(rng, 0.04))
     band = ramp(b.side_r[side] - inner, 0.02) * ramp(span - np.abs(angle - centre), 0.2) * b.field[side]
     if rng.random() < 0.2:
