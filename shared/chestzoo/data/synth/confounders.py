@@ -1,8 +1,8 @@
 """What real radiographs carry besides anatomy and disease: tubes, lines, pacemakers, ECG leads, burned-in text.
 
 Devices are commoner on AP (portable, bedside) films and on sicker patients, as in real data, but never certain,
-so a model cannot read a label off a tube alone. The laterality marker and text blocks are burned into the
-displayed image, in a random corner.
+so a model cannot read a label off a tube alone. Collimator edges, the laterality marker and text blocks are
+burned into the displayed image (the last two in random corners).
 """
 
 from __future__ import annotations
@@ -91,6 +91,20 @@ def draw_devices(body: Body, rng, view: str, sickness: float) -> np.ndarray:
             bend = (x + uniform(rng, -0.3, 0.3), y + uniform(rng, -0.3, 0.3))
             d.stroke([(x, y), bend, (uniform(rng, -0.8, 0.8), -0.8)], 0.004, 0.25)  # the wire leaves the film
     return d.canvas
+
+
+def collimate(image: np.ndarray, rng) -> np.ndarray:
+    """Sometimes the collimator shuts out a strip along one or two edges: unexposed, so white."""
+    if rng.random() >= 0.3:
+        return image
+    h, w = image.shape
+    rows, cols = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    distance = (rows, h - 1 - rows, cols, w - 1 - cols)  # to the top, bottom, left and right edge
+    shut = np.zeros_like(image)
+    for edge in rng.permutation(4)[: int(rng.integers(1, 3))]:
+        width = uniform(rng, 0.02, 0.07) * (h if edge < 2 else w)
+        shut = np.maximum(shut, np.clip(width - distance[edge], 0, 1))
+    return image * (1 - shut) + uniform(rng, 0.85, 1.0) * shut
 
 
 def _stamp(image: np.ndarray, bitmap: np.ndarray, row: int, col: int, value: float) -> None:

@@ -21,7 +21,7 @@ from scipy.ndimage import gaussian_filter
 
 from ..labels import NIH_LABELS
 from .anatomy import Body, draw_geometry, smooth_noise, uniform
-from .confounders import burn_in, draw_devices
+from .confounders import burn_in, collimate, draw_devices
 from .findings import DRAW, OPACITY, Lesions
 
 FINDINGS = NIH_LABELS + (OPACITY,)
@@ -71,7 +71,7 @@ def render_chest(
         + lesions.density
         + draw_devices(body, film, view, min(len(names), 3) / 3)
     )
-    image = burn_in(_expose(attenuation, film), film)
+    image = burn_in(collimate(_expose(attenuation, film), film), film)
     return ChestPhantom(image, body.right_lung, body.left_lung, lesions.boxes, body.g.ctr)
 
 
