@@ -11,7 +11,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_training_resumes, config_path
+from bundle_harness import bundle_workflow, check_learned, check_training_resumes, check_untrained_fails, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_LABELS
 
@@ -19,12 +19,11 @@ NAME = "cxr14_gmvae"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
 ARCHITECTURE = ("image_size", "conditional", "latent_dim", "components", "channels", "blocks", "labels", "network_def")
-# the learning test: the demo's network on a smaller synthetic set for fewer epochs; bars well below what it reaches
+# the learning test: the demo's network on a smaller synthetic set for fewer epochs; its bars are BundleRun.margins
+# (chestzoo.evidence), and an independent classifier must recognise the findings the model was asked to draw
 LEARN_DATA = {"patients": 200, "size": 64}
 LEARN = {**RUN.demo, "max_epochs": 14, "reference_epochs": 20, "fidelity_samples": 16, "iwae_samples": 4, "resume": False}
-LEARN_MIN_AUROC = 0.75
 LEARN_MIN_FIDELITY = 0.7
-LEARN_MAX_FD_RATIO = 0.6
 
 
 def config(name: str) -> str:
@@ -168,8 +167,11 @@ def test_learns_to_classify_and_to_draw_requested_findings(synthetic_data, tmp_p
     root = synthetic_data("nih", **LEARN_DATA)
     dirs = {"dataset_dir": root, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
     run_configs(("train", "evaluate"), dirs, **LEARN)
+    check_learned(NAME, dirs["output_dir"], root)
     summary = json.load(open(tmp_path / "eval" / "metrics.json"))["summary"]
-    shown = json.dumps(summary)
-    assert summary["mean AUROC"] >= LEARN_MIN_AUROC, shown
-    assert summary["fidelity AUROC"] >= LEARN_MIN_FIDELITY, shown
-    assert summary["FD samples"] <= LEARN_MAX_FD_RATIO * summary["FD untrained"], shown
+    assert summary["fidelity AUROC"] >= LEARN_MIN_FIDELITY, json.dumps(summary)
+
+
+@pytest.mark.slow
+def test_untrained_network_fails_the_learning_check(synthetic_data, tmp_path):
+    check_untrained_fails(NAME, synthetic_data("nih", **LEARN_DATA), tmp_path, **LEARN)

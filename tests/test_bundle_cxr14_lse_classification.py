@@ -13,18 +13,18 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, check_training_resumes, config_path, train_in_two_processes
+from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_training_resumes, check_untrained_fails,
+                            config_path, train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS, NIH_LABELS
 
 NAME = "cxr14_lse_classification"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-# the learning test: small synthetic set, small images, a few epochs; these settings measured a test mean AUROC of
-# 0.82, so the bar sits clear of run-to-run noise
+# the learning test: small synthetic set, small images, a few epochs; its bar is BundleRun.margins (chestzoo.evidence)
 LEARN_DATA = {"patients": 150, "size": 64}
-LEARN = {**RUN.test, "learning_rate": 0.001, "batch_size": 16, "max_epochs": 5, "resume": False}
-LEARN_MIN_AUROC = 0.75
+LEARN = {**RUN.test, "learning_rate": 0.001, "batch_size": 16, "max_epochs": 5, "resume": False, "heatmap_methods": ["lse"],
+         "localization_overlays": 0}
 
 
 def config(name: str) -> str:
@@ -159,18 +159,20 @@ def test_offline_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
-    """Trained briefly on the synthetic NIH set, the classifier separates the findings on its test split."""
+    """Trained briefly on the synthetic NIH set, the classifier's mean AUROC interval clears the best no-learning
+    baseline by the bundle's margin."""
     root = synthetic_data("nih", **LEARN_DATA)
     dirs = {"dataset_dir": root, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
     for name in ("train", "evaluate"):
-        wf = workflow(name, **dirs, **{**LEARN, "heatmap_methods": ["lse"], "localization_overlays": 0})
+        wf = workflow(name, **dirs, **LEARN)
         wf.run()
         wf.finalize()
-    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert metrics["test"]["mean_auroc"] >= LEARN_MIN_AUROC, metrics["test"]
-    # the ROC is not a fluke of one label: most labels are clearly above chance
-    aucs = np.array([v["auroc"] for v in metrics["test"]["per_class"].values() if v["auroc"] is not None])
-    assert (aucs > 0.6).mean() >= 0.6, aucs
+    check_learned(NAME, dirs["output_dir"], root)
+
+
+@pytest.mark.slow
+def test_untrained_network_fails_the_learning_check(synthetic_data, tmp_path):
+    check_untrained_fails(NAME, synthetic_data("nih", **LEARN_DATA), tmp_path, **LEARN)
 
 
 @pytest.mark.slow

@@ -13,7 +13,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, check_training_resumes, config_path, train_in_two_processes
+from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_training_resumes, check_untrained_fails,
+                            config_path, train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS
 from chestzoo.engines.detection import CSV_COLUMNS, DetectionTrainer, DetectionWriter
@@ -23,12 +24,10 @@ NAME = "cxr_pathology_detection"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
 SMALL = {"backbone": "resnet18_fpn", "fpn_channels": 32, "fpn_stages": [3, 4], "anchor_sizes": [16, 32, 64], "representation_size": 64}
-# the learning test: a mid-size synthetic set, the demo's detector, no TTA. Its boxed splits are small (about 90
-# training, 30 validation and 10 test images), so mAP moves by several points between epochs; the bar sits well below
-# what it reaches (0.21 validation, 0.37 test) and far above an untrained or broken detector (about 0)
+# the learning test: a mid-size synthetic set, the demo's detector, no TTA; its bar is BundleRun.margins
+# (chestzoo.evidence): the mAP interval's lower end against the best fixed-box baseline
 LEARN_DATA = {"patients": 240, "size": 128}
 LEARN = {**RUN.demo, "image_size": 128, "max_epochs": 8, "tta": False, "overlays": 0, "resume": False}
-LEARN_MIN_MAP = 0.15
 
 
 def config(name: str) -> str:
@@ -297,10 +296,12 @@ def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
         wf = workflow(name, **dirs, **LEARN)
         wf.run()
         wf.finalize()
-    metrics = json.load(open(tmp_path / "eval" / "metrics.json"))["variants"]["plain"]
-    # an untrained or broken detector scores about 0 (the boxes must match class and place at IoU >= 0.5)
-    assert metrics["test"]["mAP"] >= LEARN_MIN_MAP, metrics["test"]
-    assert metrics["validation"]["mAP"] >= LEARN_MIN_MAP, metrics["validation"]
+    check_learned(NAME, dirs["output_dir"], root)
+
+
+@pytest.mark.slow
+def test_untrained_network_fails_the_learning_check(synthetic_data, tmp_path):
+    check_untrained_fails(NAME, synthetic_data("nih", **LEARN_DATA), tmp_path, **LEARN)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_offline_weights_fail_clearly, config_path
+from bundle_harness import bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_untrained_fails, config_path
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import DataError, load_datalist
 from chestzoo.data.synth import rsna as synth_rsna
@@ -22,12 +22,10 @@ from chestzoo.metrics.rsna import read_submission, score_submission
 NAME = "rsna_pneumonia_detection"
 RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
-# the learning test: the demo's compact detector on a smaller synthetic set; the bars sit well below what it reaches
+# the learning test: the demo's compact detector on a smaller synthetic set; its bar is BundleRun.margins
+# (chestzoo.evidence): the RSNA score interval's lower end against the best fixed-box baseline
 LEARN_DATA = {"patients": 200, "size": 64}
-# 4 epochs scored 0.16-0.55 depending on the seed (cached or not); 8 epochs scored 0.67-0.93 over seeds 0, 1 and 2
 LEARN = {**RUN.demo, "max_epochs": 8, "resume": False, "examples": 0}
-LEARN_MIN_RSNA = 0.40
-LEARN_MIN_AUROC = 0.85
 
 
 def config(name: str) -> str:
@@ -240,9 +238,12 @@ def test_learns_to_localise_opacities(synthetic_data, tmp_path):
         wf = workflow(name, **dirs, **LEARN)
         wf.run()
         wf.finalize()
-    summary = json.load(open(tmp_path / "eval" / "metrics.json"))["summary"]
-    assert summary["RSNA score"] >= LEARN_MIN_RSNA, summary
-    assert summary["image AUROC"] >= LEARN_MIN_AUROC, summary
+    check_learned(NAME, dirs["output_dir"], root)
+
+
+@pytest.mark.slow
+def test_untrained_network_fails_the_learning_check(synthetic_data, tmp_path):
+    check_untrained_fails(NAME, synthetic_data("rsna", **LEARN_DATA), tmp_path, **LEARN)
 
 
 def test_mask_head_size_is_configurable_on_the_small_backbones():
