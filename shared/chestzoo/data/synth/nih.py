@@ -10,7 +10,7 @@ Written under OUT::
     synthetic_truth.csv          not in the release: "Image Index,Finding Labels" with the exact findings
 
 Patients have several follow-up films; chronic findings tend to persist between follow-ups, and findings travel
-together as often as in the release (``PAIR_COUNTS``: effusion with atelectasis, pneumonia with infiltration, ...).
+together at about the release's rates (``PAIR_COUNTS``, approximate: effusion with atelectasis, pneumonia with infiltration, ...).
 Label prevalence follows the NIH release with a floor, and every label is made present in the training, validation
 and test split that ``chestzoo prepare nih`` produces with its default seed and validation fraction. Sicker
 patients are more often filmed AP.
@@ -57,8 +57,9 @@ TEST_PATIENT_FRACTION = 0.25  # the official test list holds about a quarter of 
 CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia", "Mass", "Nodule")
 CHRONIC_PERSISTENCE = 0.7  # chance that a chronic finding is seen again on the next follow-up
 NIH_IMAGES = 112120
-# Images that carry both labels in Data_Entry_2017.csv (NIH Clinical Center ChestX-ray14 release, Wang et al. 2017;
-# rounded): the pairs that co-occur well above chance. They set how often one finding brings the other along.
+# Approximate numbers of images that carry both labels in the ChestX-ray14 release (Wang et al. 2017), for the pairs
+# that co-occur well above chance. They are rounded recollections of published pair counts, not yet counted from
+# Data_Entry_2017.csv; they set how often one finding brings the other along.
 PAIR_COUNTS = {
     ("Effusion", "Infiltration"): 4000,
     ("Atelectasis", "Effusion"): 3275,
