@@ -153,6 +153,7 @@ def learning_verdicts(name: str, output_dir: str, dataset_dir: str) -> list[dict
 def check_learned(name: str, output_dir: str, dataset_dir: str) -> None:
     """A learning test's assertion: every headline interval clears its bar over the best no-learning baseline."""
     verdicts = learning_verdicts(name, output_dir, dataset_dir)
+    print("\n".join(v["text"] for v in verdicts))  # shown by `pytest -rP`: the measured margins
     assert verdicts and all(v["passed"] for v in verdicts), "\n".join(v["text"] for v in verdicts)
 
 
@@ -172,6 +173,7 @@ def check_untrained_fails(name: str, dataset_dir: str, tmp_path: Path, **overrid
     workflow.run()
     workflow.finalize()
     verdicts = learning_verdicts(name, dirs["output_dir"], dataset_dir)
+    print("\n".join(v["text"] for v in verdicts))
     assert verdicts and not any(v["passed"] for v in verdicts), "\n".join(v["text"] for v in verdicts)
 
 
