@@ -129,6 +129,18 @@ def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -
     parser.get_parsed_content("network_def")
 
 
+def check_settings_follow_sources(name: str, settings) -> "ConfigParser":
+    """Each row ``(key, value, source[, deviation])`` of a bundle's "Settings and their sources" table is train.json's
+    default; returns the parsed train.json for the checks a bundle adds."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_path(name, "train"))
+    for key, value, source, *deviation in settings:
+        assert parser[key] == value, f"{key}: {source}" + (f" (deviation: {deviation[0]})" if deviation and deviation[0] else "")
+    return parser
+
+
 _BASELINES: dict[tuple[str, str], dict] = {}
 
 

@@ -11,7 +11,8 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_learned, check_training_resumes, check_untrained_fails, config_path
+from bundle_harness import (bundle_workflow, check_learned, check_settings_follow_sources, check_training_resumes,
+                            check_untrained_fails, config_path)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_LABELS
 
@@ -136,10 +137,7 @@ ORIGINAL_SETTINGS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in ORIGINAL_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}"
+    parser = check_settings_follow_sources(NAME, ORIGINAL_SETTINGS)
     assert parser["optimizer"]["_target_"] == "torch.optim.Adam"  # original: Adam
     assert parser["lr_scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"  # ours
 

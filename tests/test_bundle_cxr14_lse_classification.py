@@ -13,8 +13,9 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_training_resumes, check_untrained_fails,
-                            config_path, train_in_two_processes)
+from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly,
+                            check_settings_follow_sources, check_training_resumes, check_untrained_fails, config_path,
+                            train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS, NIH_LABELS
 
@@ -133,10 +134,7 @@ def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table, deviations included."""
     from chestzoo.metrics.localization import IOBB_THRESHOLDS
 
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source, deviation in WANG_2017_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}" + (f" (deviation: {deviation})" if deviation else "")
+    parser = check_settings_follow_sources(NAME, WANG_2017_SETTINGS)
     assert len(parser.get_parsed_content("labels")) == 14  # appendix B
     # Sec. 3.1: D = 2048 for ResNet; the three configs build the same network
     for name in ("train", "evaluate", "inference"):

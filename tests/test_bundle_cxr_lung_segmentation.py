@@ -13,7 +13,8 @@ from monai.bundle import ConfigParser
 from monai.losses import DiceLoss
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_learned, check_untrained_fails, config_path
+from bundle_harness import (bundle_workflow, check_learned, check_settings_follow_sources, check_untrained_fails,
+                            config_path)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import load_datalist, read_image, read_mask
 
@@ -121,10 +122,7 @@ REPORT_SETTINGS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in REPORT_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}"
+    parser = check_settings_follow_sources(NAME, REPORT_SETTINGS)
     assert parser["network_def"]["_target_"] == "BasicUNet" and "norm" not in parser["network_def"]  # MONAI defaults
     assert parser["dice_loss"]["_target_"] == "DiceLoss" and parser["dice_loss"]["sigmoid"] is True  # report: Dice
     assert parser["bce_loss"]["_target_"] == "torch.nn.BCEWithLogitsLoss"  # report: binary cross-entropy

@@ -13,8 +13,9 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_training_resumes, check_untrained_fails,
-                            config_path, train_in_two_processes)
+from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly,
+                            check_settings_follow_sources, check_training_resumes, check_untrained_fails, config_path,
+                            train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.labels import NIH_BOX_LABELS
 from chestzoo.engines.detection import CSV_COLUMNS, DetectionTrainer, DetectionWriter
@@ -166,10 +167,7 @@ SEED_SETTINGS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in SEED_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}"
+    check_settings_follow_sources(NAME, SEED_SETTINGS)
     for name in ("evaluate", "inference"):
         other = ConfigParser()
         other.read_config(config(name))

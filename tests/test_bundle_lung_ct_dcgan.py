@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
-from bundle_harness import bundle_workflow, check_learned, config_path, learning_verdicts
+from bundle_harness import bundle_workflow, check_learned, check_settings_follow_sources, config_path, learning_verdicts
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data.errors import DataError
 from chestzoo.data.slice_selection import center_square, display_window, generator_items, intensity_range, label_indices, select_items
@@ -86,10 +86,7 @@ THESIS_SETTINGS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in THESIS_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}"
+    parser = check_settings_follow_sources(NAME, THESIS_SETTINGS)
     assert parser.get_parsed_content("betas") == [0.7, 0.999]  # thesis: beta1 0.7, beta2 0.999
     assert parser.get_parsed_content("d_train_steps") == 1  # one discriminator step per generator step
 

@@ -15,7 +15,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_learned, check_training_resumes, check_untrained_fails, config_path, train_in_two_processes
+from bundle_harness import (bundle_workflow, check_learned, check_settings_follow_sources, check_training_resumes,
+                            check_untrained_fails, config_path, train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import UnreadableFiles
 from chestzoo.data.labels import RSNA_CLASSES, RSNA_TARGETS
@@ -171,10 +172,7 @@ REPORT_SETTINGS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in REPORT_SETTINGS:
-        assert parser[key] == value, f"{key}: {source}"
+    parser = check_settings_follow_sources(NAME, REPORT_SETTINGS)
     assert parser["network_def"]["_target_"] == "chestzoo.networks.vgg.VGG16Classifier"  # report: VGG16
     assert parser["loss"]["_target_"] == "torch.nn.CrossEntropyLoss"  # report: categorical cross-entropy
     assert parser["optimizer"]["_target_"] == "torch.optim.Adam"  # report: Adam

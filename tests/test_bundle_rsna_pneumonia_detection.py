@@ -12,7 +12,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from bundle_harness import bundle_workflow, check_learned, check_offline_weights_fail_clearly, check_untrained_fails, config_path
+from bundle_harness import (bundle_workflow, check_learned, check_offline_weights_fail_clearly,
+                            check_settings_follow_sources, check_untrained_fails, config_path)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import DataError, load_datalist
 from chestzoo.data.synth import rsna as synth_rsna
@@ -218,10 +219,7 @@ TORCHVISION_OR_OURS = [
 
 def test_settings_follow_their_sources():
     """The real-data defaults are those of the docs' "Settings and their sources" table."""
-    parser = ConfigParser()
-    parser.read_config(config("train"))
-    for key, value, source in TORCHVISION_OR_OURS:
-        assert parser[key] == value, f"{key}: {source}"
+    parser = check_settings_follow_sources(NAME, TORCHVISION_OR_OURS)
     assert parser["network_def"]["_target_"] == "chestzoo.networks.mask_rcnn.MaskRCNNDetector"  # report: Mask R-CNN
 
 
