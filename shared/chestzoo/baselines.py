@@ -11,7 +11,7 @@ scored with the bundles' own metric code, every number with a bootstrap 95% inte
 
 - classification: training prevalence (AUROC 0.5, the reference), the best single pixel (pixel and sign chosen by
   training AUROC), the class-mean template (correlation with the mean positive minus the mean negative training
-  image), their best per label on test ("best no-learning"), and a logistic regression on ``thumbnail`` x
+  image), their best per label on validation ("best no-learning"), and a logistic regression on ``thumbnail`` x
   ``thumbnail`` images (a learned linear model, C chosen on validation);
 - lung segmentation: the mean training mask thresholded at 0.5, one mask for every image;
 - detection: each class's mean training box on either side of the image (left / right half by box centre),
@@ -223,10 +223,12 @@ def classification(splits: dict[str, Split], labels: Sequence[str], thumbnail: i
     for key, (description, fit) in NO_LEARNING.items():
         test_scores[key], settings = fit(x["training"], y["training"], x["test"], names)
         rows[key] = _row(description, score(test_scores[key]), settings)
-    # per class the no-learning baseline with the highest test AUROC, taken as one predictor for the interval
-    best = [max(NO_LEARNING, key=lambda b: _value(rows[b], name)) for name in names]
+    # per class the no-learning baseline with the highest validation AUROC, taken as one predictor for the interval
+    on_validation = {key: multilabel_auroc(fit(x["training"], y["training"], x["validation"], names)[0], y["validation"], names)["per_class"]
+                     for key, (_, fit) in NO_LEARNING.items()}
+    best = [max(NO_LEARNING, key=lambda b: -1.0 if on_validation[b][name] is None else on_validation[b][name]) for name in names]
     composite = np.stack([test_scores[b][:, k] for k, b in enumerate(best)], axis=1)
-    description = "per class the best of prevalence, pixel and template, picked on test (an upper reference)"
+    description = "per class the best of prevalence, pixel and template, picked on validation"
     rows["best_no_learning"] = _row(description, score(composite), dict(zip(names, best)))
     thumbs = {s: np.stack([shrink(i, thumbnail) for i in split.images]).reshape(len(split.images), -1) for s, split in splits.items()}
     scores, settings = logistic_baseline(thumbs["training"], y["training"], thumbs["validation"], y["validation"], thumbs["test"], names)
@@ -349,25 +351,29 @@ def detection(splits: dict[str, Split], classes: Sequence[str], challenge: bool,
     priors = fit_priors(splits["training"], n)
     if not priors:
         raise ValueError("the training split has no boxes to average")
-    test_targets = targets(splits["test"])
-    rows = {}
+    metrics = ["mAP@0.5", "RSNA score"] if challenge else ["mAP@0.5"]
+    test_targets, validation_targets = targets(splits["test"]), targets(splits["validation"])
+    rows, on_validation = {}, {}
     for key, (description, scorer) in BOX_SCORES.items():
         settings: dict = {"boxes": [{"class": classes[p.label], "side": p.side, "box_fraction": list(p.box), "share": p.share}
                                     for p in priors]}
         test = predict(splits["test"], priors, scorer(splits["training"], splits["test"], priors, n))
-        arrays = [test, test_targets]
+        validation = predict(splits["validation"], priors, scorer(splits["training"], splits["validation"], priors, n))
+        arrays, validation_arrays = [test, test_targets], [validation, validation_targets]
         if challenge:
-            validation = predict(splits["validation"], priors, scorer(splits["training"], splits["validation"], priors, n))
             # candidate thresholds at quantiles of the validation scores, whatever their scale
             candidates = np.unique(np.quantile(np.concatenate([p["scores"] for p in validation]), np.linspace(0.05, 0.95, 19)))
-            tuned = tune_postprocessing(validation, targets(splits["validation"]), candidates, [1.0])
+            tuned = tune_postprocessing(validation, validation_targets, candidates, [1.0])
             settings["score_threshold"] = tuned["score_threshold"]
             # the challenge score is the mean of the counted images' scores: resampling images with their score is exact
-            per_image = rsna_score(test, test_targets, score_threshold=tuned["score_threshold"])["image_scores"]
-            arrays.append(np.asarray([np.nan if s is None else s for s in per_image]))
+            for pair in (arrays, validation_arrays):
+                per_image = rsna_score(*pair, score_threshold=tuned["score_threshold"])["image_scores"]
+                pair.append(np.asarray([np.nan if s is None else s for s in per_image]))
+        value = box_metric(classes)(*validation_arrays)[metrics[-1]]
+        on_validation[key] = None if value is None else _number(value)
+        settings["validation"] = on_validation[key]
         rows[key] = _row(description, resample(box_metric(classes), *arrays), settings)
-    metrics = ["mAP@0.5", "RSNA score"] if challenge else ["mAP@0.5"]
-    best = max(rows, key=lambda k: _value(rows[k], metrics[-1]))  # the better one on test, as for classification
+    best = max(rows, key=lambda k: -1.0 if on_validation[k] is None else on_validation[k])  # chosen on validation
     return {"metrics": metrics, "classes": list(classes), "baselines": rows, "headline": _headline(rows, best, metrics[-1])}
 
 
@@ -384,12 +390,6 @@ def _row(description: str, intervals: dict, settings: dict, learned: bool = Fals
         row["per_class"] = per_class
     row["settings"] = settings
     return row
-
-
-def _value(row: dict, key: str) -> float:
-    """A row's value for a metric or a class (-1 where undefined), to pick the best row."""
-    interval = row["metrics"].get(key) or row.get("per_class", {}).get(key) or next(iter(row["metrics"].values()))
-    return -1.0 if interval["value"] is None else interval["value"]
 
 
 def _headline(rows: dict, baseline: str, metric: str) -> dict:
