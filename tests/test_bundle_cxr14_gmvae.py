@@ -158,7 +158,7 @@ def test_metadata_describes_a_generator_of_latent_vectors():
 
 
 @pytest.mark.slow
-@not_yet_learned("q(y|x) mean AUROC 0.588 [0.539, 0.628], best baseline 0.614 (its Frechet distance clears: 62 [53, 73] against 221 untrained)")
+@not_yet_learned("q(y|x) mean AUROC 0.588 [0.539, 0.628], best baseline 0.516 (its Frechet distance clears: 62 [53, 73] against 221 untrained)")
 def test_learns_to_classify_and_to_draw_requested_findings(synthetic_data, tmp_path):
     """Trained briefly on the synthetic NIH set, the model classifies the findings, and an independent classifier
     recognises the findings it was asked to draw; its samples sit far closer to real images than an untrained

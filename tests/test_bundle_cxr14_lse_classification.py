@@ -156,7 +156,7 @@ def test_offline_imagenet_weights_fail_clearly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@not_yet_learned("mean AUROC 0.518 [0.466, 0.575], best baseline 0.596")
+@not_yet_learned("mean AUROC 0.518 [0.466, 0.575], best baseline 0.461")
 def test_learns_the_synthetic_findings(synthetic_data, tmp_path):
     """Trained briefly on the synthetic NIH set, the classifier's mean AUROC interval clears the best no-learning
     baseline by the bundle's margin."""
