@@ -141,25 +141,15 @@ def check_settings_follow_sources(name: str, settings):
     return parser
 
 
-_BASELINES: dict[tuple[str, str], dict] = {}
-
-
-def baselines_of(dataset_dir: str, task: str) -> dict:
-    """``chestzoo baselines``' report of ``task`` on ``dataset_dir``, computed once per test session."""
-    from chestzoo.baselines import run_baselines
-
-    if (dataset_dir, task) not in _BASELINES:
-        out = os.path.join(dataset_dir, "baselines", task)
-        _BASELINES[dataset_dir, task] = run_baselines(dataset_dir, out=out, task=task)
-    return _BASELINES[dataset_dir, task]
+_BASELINES: dict = {}  # chestzoo baselines' reports, computed once per test session for each dataset and task
 
 
 def learning_verdicts(name: str, output_dir: str, dataset_dir: str) -> list[dict]:
     """The evaluation in ``output_dir`` judged against each bar of ``BundleRun.margins`` (chestzoo.evidence)."""
-    from chestzoo.evidence import judge
+    from chestzoo.evidence import judge_all
 
     metrics = json.loads((Path(output_dir) / "metrics.json").read_text())
-    return [judge(metrics, m, baselines_of(dataset_dir, m.task) if m.task else None) for m in BUNDLE_RUNS[name].margins]
+    return judge_all(metrics, BUNDLE_RUNS[name].margins, dataset_dir, _BASELINES)
 
 
 def check_learned(name: str, output_dir: str, dataset_dir: str) -> None:

@@ -62,3 +62,17 @@ def test_every_bundle_has_a_bar_on_a_known_baseline_task():
         assert run.margins, f"{name} has no bar to clear"
         for margin in run.margins:
             assert margin.task in TASKS or (margin.task is None and margin.untrained), (name, margin)
+
+
+def test_judge_all_runs_the_named_baselines_once_per_dataset(synthetic_data):
+    from chestzoo.evidence import judge_all
+
+    root = synthetic_data("montgomery")
+    margins = (Margin("Dice", "lung_segmentation", margin=0.08),)
+    reports = {}
+    perfect = judge_all(metrics("Dice", 1.0, 1.0, 1.0), margins, root, reports)
+    assert [v["passed"] for v in perfect] == [True] and list(reports) == [(root, "lung_segmentation")]
+    first = reports[root, "lung_segmentation"]
+    poor = judge_all(metrics("Dice", 0.5, 0.4, 0.6), margins, root, reports)
+    assert [v["passed"] for v in poor] == [False] and reports[root, "lung_segmentation"] is first
+    assert poor[0]["baseline"]["baseline"] == "mean_mask"

@@ -121,27 +121,16 @@ def _compare_rsna_models(out: Path, names: list[str], datasets: dict, fast: bool
 
 def judge_learning(out: Path, names: list[str], datasets: dict) -> dict[str, list[dict]]:
     """Each bundle's headline intervals against the best no-learning baseline of its task on the same synthetic test
-    split (``chestzoo baselines``, written to ``<data folder>/baselines/<task>/``), by :mod:`chestzoo.evidence`."""
-    from .baselines import run_baselines
-    from .evidence import judge
+    split (``chestzoo baselines``), by :func:`chestzoo.evidence.judge_all`."""
+    from .evidence import judge_all
 
-    reports: dict[tuple[Path, str], dict] = {}
+    reports: dict = {}
     verdicts = {}
     for name in names:
         metrics_path = out / name / "metrics.json"
-        if not metrics_path.is_file():
-            continue
-        metrics = json.loads(metrics_path.read_text())
-        verdicts[name] = []
-        for margin in BUNDLE_RUNS[name].margins:
-            baselines = None
-            if margin.task is not None:
-                key = (datasets[name], margin.task)
-                if key not in reports:
-                    logger.info("no-learning baselines: %s on %s", margin.task, datasets[name])
-                    reports[key] = run_baselines(str(key[0]), out=str(key[0] / "baselines" / margin.task), task=margin.task)
-                baselines = reports[key]
-            verdicts[name].append(judge(metrics, margin, baselines))
+        if metrics_path.is_file():
+            logger.info("%s against its no-learning baselines", name)
+            verdicts[name] = judge_all(json.loads(metrics_path.read_text()), BUNDLE_RUNS[name].margins, datasets[name], reports)
     return verdicts
 
 

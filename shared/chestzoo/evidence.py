@@ -8,6 +8,8 @@ below that of the same generator untrained and the two intervals do not overlap.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .metrics.bootstrap import format_interval
@@ -57,3 +59,22 @@ def judge(metrics: dict, margin: Margin, baselines: dict | None = None) -> dict:
 
 def _known(*values) -> bool:
     return all(v is not None for v in values)
+
+
+def judge_all(metrics: dict, margins: Sequence[Margin], dataset_dir: str, reports: dict | None = None) -> list[dict]:
+    """Every bar of ``margins`` judged on ``metrics``, running ``chestzoo baselines`` on ``dataset_dir`` for the tasks
+    they name (into ``<dataset_dir>/baselines/<task>/``); ``reports`` keeps those runs, keyed by (folder, task), so
+    that bundles sharing a dataset compute its baselines once."""
+    from .baselines import run_baselines
+
+    reports = {} if reports is None else reports
+    verdicts = []
+    for margin in margins:
+        baselines = None
+        if margin.task is not None:
+            key = (str(dataset_dir), margin.task)
+            if key not in reports:
+                reports[key] = run_baselines(key[0], out=os.path.join(key[0], "baselines", margin.task), task=margin.task)
+            baselines = reports[key]
+        verdicts.append(judge(metrics, margin, baselines))
+    return verdicts
