@@ -102,6 +102,21 @@ def test_findings_vary_in_contrast():
     assert max(changes) > 2.5 * min(changes)
 
 
+def test_conspicuity_scales_the_findings_alone():
+    """Same seed at conspicuity 1 and 3: the same patient, film and box, a plainer finding; no finding, no change."""
+    for seed in range(5):
+        faint, plain = (render_chest(np.random.default_rng(seed), 64, ["Mass"], conspicuity=c) for c in (1.0, 3.0))
+        normal = render_chest(np.random.default_rng(seed), 64, conspicuity=3.0)
+        assert np.array_equal(normal.image, _render(seed, 64).image)
+        assert faint.boxes == plain.boxes
+        x0, y0, x1, y1 = (int(v) for v in faint.boxes[0][1])
+        inside = (slice(y0, y1), slice(x0, x1))
+        change = {c: np.abs(film.image - normal.image)[inside].mean() for c, film in ((1, faint), (3, plain))}
+        assert change[3] > 1.5 * change[1], change
+    with pytest.raises(ValueError, match="conspicuity"):
+        render_chest(np.random.default_rng(0), 64, ["Mass"], conspicuity=0)
+
+
 def test_devices_appear_at_some_rate_more_on_sick_ap_films():
     def rate(view, sickness):
         rng = np.random.default_rng(3)

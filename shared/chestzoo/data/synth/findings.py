@@ -18,16 +18,15 @@ from .anatomy import Body, ramp, smooth_noise, uniform
 OPACITY = "Lung Opacity"  # RSNA's class and the pediatric pneumonia: one or two consolidations
 
 
-def subtle(rng, lo: float, hi: float) -> float:
-    """A contrast drawn log-uniformly: many faint cases, a few obvious ones."""
-    return float(lo * (hi / lo) ** rng.random())
+DEFAULT_CONSPICUITY = 1.0
 
 
 class Lesions:
-    """What the findings add to one film."""
+    """What the findings add to one film; ``conspicuity`` scales every finding's contrast."""
 
-    def __init__(self, body: Body):
+    def __init__(self, body: Body, conspicuity: float = DEFAULT_CONSPICUITY):
         self.body = body
+        self.conspicuity = conspicuity
         self.density = np.zeros_like(body.X)
         self.air = np.ones_like(body.X)
         self.markings = np.ones_like(body.X)
@@ -37,6 +36,11 @@ class Lesions:
         ys, xs = np.nonzero(mask)
         if len(xs):
             self.boxes.append((name, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]))
+
+    def contrast(self, rng, lo: float, hi: float) -> float:
+        """A contrast drawn log-uniformly between ``lo`` and ``hi`` (many faint cases, a few obvious ones), scaled
+        by the conspicuity; the draw itself does not depend on it, so only the contrast changes with it."""
+        return float(self.conspicuity * lo * (hi / lo) ** rng.random())
 
     @property
     def lungs(self) -> np.ndarray:
@@ -74,7 +78,7 @@ def nodule(les: Lesions, rng) -> None:
     x, y, _ = les.site(rng)
     size = max(uniform(rng, 0.018, 0.04), 1.1 * les.body.px)  # at least about 2 px across at 64 px
     r = les.radius(x, y, size, size * uniform(rng, 0.85, 1.15), uniform(rng, 0, np.pi))
-    les.density += subtle(rng, 0.2, 0.6) * sphere(r)
+    les.density += les.contrast(rng, 0.2, 0.6) * sphere(r)
     les.box("Nodule", r < 1)
 
 
@@ -83,7 +87,7 @@ def mass(les: Lesions, rng) -> None:
     size = uniform(rng, 0.045, 0.1)
     r = les.radius(x, y, size, size * uniform(rng, 0.8, 1.2), uniform(rng, 0, np.pi))
     r = r * (1 + 0.12 * les.noise(rng, size * 0.6))  # lobulated outline
-    les.density += subtle(rng, 0.12, 0.5) * sphere(r)
+    les.density += les.contrast(rng, 0.12, 0.5) * sphere(r)
     les.box("Mass", r < 1)
 
 
@@ -95,7 +99,7 @@ def _airspace(les: Lesions, rng, name: str, lower: float, mottled: float) -> Non
     r = r + 0.3 * les.noise(rng, rx * 0.7)
     region = ramp(1 - r, 0.25) * les.lungs
     texture = 1 - mottled + mottled * np.clip(0.5 + 0.5 * les.noise(rng, 0.015), 0, 1)
-    contrast = subtle(rng, 0.12, 0.5)
+    contrast = les.contrast(rng, 0.12, 0.5)
     les.density += contrast * region * texture
     if rng.random() < 0.6:  # air bronchograms: dark branching tubes where the consolidation is dense
         tubes = np.exp(-((les.noise(rng, uniform(rng, 0.015, 0.03)) / 0.3) ** 2))
@@ -126,7 +130,7 @@ def atelectasis(les: Lesions, rng) -> None:
         r = les.radius(x, y, uniform(rng, 0.03, 0.06), uniform(rng, 0.08, 0.14), side * uniform(rng, 0.2, 0.6))
         band = ramp(1 - r, 0.2)
     band = band * les.lungs
-    les.density += subtle(rng, 0.2, 0.55) * band
+    les.density += les.contrast(rng, 0.2, 0.55) * band
     les.box("Atelectasis", band >= 0.5)
 
 
@@ -140,7 +144,7 @@ def effusion(les: Lesions, rng) -> None:
         top = b.dome(side) - g.dome_height[side] * 0.5 - volume * (0.35 + 0.65 * lateral**1.5)
         above_dome = ramp(b.dome(side) + 0.03 - b.Y, 0.03)  # it hides the dome but stays in the chest
         fluid = ramp(b.Y - top, 0.03) * b.wall[side] * (1 - b.heart) * above_dome
-        les.density += subtle(rng, 0.15, 0.5) * fluid * ramp(b.Y - top, 0.1)
+        les.density += les.contrast(rng, 0.15, 0.5) * fluid * ramp(b.Y - top, 0.1)
         les.box("Effusion", (fluid >= 0.5) & (b.Y < b.dome(side) + 0.02))
 
 
@@ -158,8 +162,8 @@ def pneumothorax(les: Lesions, rng) -> None:
     line = ramp(line_width - np.abs(r - (1 - gap)), b.edge / b.g.lung_rx) * (gap > 0.02) * inside
     size = float(gap.max())
     les.markings *= 1 - space
-    les.air *= 1 + subtle(rng, 0.3, 0.9) * space
-    les.density += subtle(rng, 0.12, 0.35) * line
+    les.air *= 1 + les.contrast(rng, 0.3, 0.9) * space
+    les.density += les.contrast(rng, 0.12, 0.35) * line
     les.density += 0.3 * size * inside * (1 - space) * b.field[side]  # the collapsing lung gets denser
     les.box("Pneumothorax", space >= 0.5)
 
@@ -175,7 +179,7 @@ def pleural_thickening(les: Lesions, rng) -> None:
     band = ramp(b.side_r[side] - inner, 0.02) * ramp(span - np.abs(angle - centre), 0.2) * b.field[side]
     if rng.random() < 0.2:
         band = band * (1 + 1.5 * (les.noise(rng, 0.02) > 1.2))
-    les.density += subtle(rng, 0.15, 0.5) * band
+    les.density += les.contrast(rng, 0.15, 0.5) * band
     les.box("Pleural_Thickening", band >= 0.5)
 
 
@@ -189,7 +193,7 @@ def hernia(les: Lesions, rng) -> None:
     sac = ramp(1 - r, 0.2)
     level = y + size * uniform(rng, -0.6, 0.2)
     air = sac * ramp(level - b.Y, b.edge)
-    contrast = subtle(rng, 0.15, 0.45)
+    contrast = les.contrast(rng, 0.15, 0.45)
     les.density += contrast * (sac - 3.0 * air)  # the gas bubble shows through the heart
     les.box("Hernia", sac >= 0.5)
 
@@ -209,7 +213,7 @@ def fibrosis(les: Lesions, rng) -> None:
     zone = np.maximum(ramp(b.side_r[-1] - (1 - 0.7 * extent), 0.2), ramp(b.side_r[1] - (1 - 0.7 * extent), 0.2))
     zone = zone * ramp((b.Y - b.g.apex) / b.g.height - (1 - extent), 0.3) * les.lungs
     net = _reticular(les, rng, uniform(rng, 0.012, 0.03))
-    les.density += subtle(rng, 0.06, 0.25) * zone * net
+    les.density += les.contrast(rng, 0.06, 0.25) * zone * net
     les.markings *= 1 - 0.3 * zone
     les.box("Fibrosis", zone >= 0.5)
 
@@ -224,7 +228,7 @@ def edema(les: Lesions, rng) -> None:
     periphery = np.maximum(b.side_r[-1], b.side_r[1]) > 0.8
     bases = ramp((b.Y - g.apex) / g.height - 0.65, 0.2)
     pattern = (haze + 0.4 * septal * periphery * bases) * les.lungs
-    les.density += subtle(rng, 0.06, 0.25) * pattern
+    les.density += les.contrast(rng, 0.06, 0.25) * pattern
     les.box("Edema", pattern >= 0.35)
 
 
@@ -237,7 +241,7 @@ def infiltration(les: Lesions, rng) -> None:
         size = uniform(rng, 0.025, 0.07)
         patches = np.maximum(patches, ramp(1 - les.radius(x, y, size, size * uniform(rng, 0.7, 1.3)), 0.8))
     patches = patches * les.lungs * (0.6 + 0.4 * np.clip(les.noise(rng, 0.015), -1, 1))
-    les.density += subtle(rng, 0.15, 0.45) * patches
+    les.density += les.contrast(rng, 0.15, 0.45) * patches
     les.box("Infiltration", patches >= 0.3)
 
 

@@ -45,6 +45,7 @@ from ..nih import (
     TRAIN_VAL_LIST,
 )
 from ..datalist import assign_splits
+from .findings import DEFAULT_CONSPICUITY
 from .phantom import ChestPhantom, render_chest, to_uint8, to_uint16
 
 ENTRY_COLUMNS = (
@@ -94,10 +95,18 @@ def image_name(patient: int, follow_up: int) -> str:
     return f"{patient:08d}_{follow_up:03d}.png"
 
 
-def render_image(seed: int, patient: int, follow_up: int, findings, size: int, view: str = "PA") -> ChestPhantom:
+def render_image(
+    seed: int,
+    patient: int,
+    follow_up: int,
+    findings,
+    size: int,
+    view: str = "PA",
+    conspicuity: float = DEFAULT_CONSPICUITY,
+) -> ChestPhantom:
     """The phantom drawn for one image; depends only on these arguments, so tests can redraw any written image."""
     rng = np.random.default_rng([int(seed), int(patient), int(follow_up)])
-    return render_chest(rng, int(size), sorted(findings), view=view)
+    return render_chest(rng, int(size), sorted(findings), view=view, conspicuity=conspicuity)
 
 
 def prevalence(label: str) -> float:
@@ -197,13 +206,15 @@ def write(
     test_fraction: float = TEST_PATIENT_FRACTION,
     missed_rate: float = DEFAULT_MISSED_RATE,
     false_rate: float = DEFAULT_FALSE_RATE,
+    conspicuity: float = DEFAULT_CONSPICUITY,
 ) -> dict:
     """Write the synthetic set under ``out`` and return a summary of what was written.
 
     ``flat`` puts every PNG in ``images/`` instead of ``images_NNN/images/``; ``test_fraction`` is the share of
     patients on the official test list (the boxed images, hence the detection data, come from them).
     ``missed_rate`` and ``false_rate`` set the noise of the written labels (:func:`add_label_noise`; 0 and 0 write
-    the exact labels); the exact ones go to ``synthetic_truth.csv`` either way.
+    the exact labels); the exact ones go to ``synthetic_truth.csv`` either way. ``conspicuity`` scales every
+    finding's contrast (:func:`~chestzoo.data.synth.phantom.render_chest`).
     """
     patients, size, seed, flat, test_fraction = int(patients), int(size), int(seed), as_bool(flat), float(test_fraction)
     missed_rate, false_rate = float(missed_rate), float(false_rate)
@@ -281,7 +292,8 @@ def write(
     n_boxes = 0
     for name in names:
         record = records[name]
-        phantom = render_image(seed, record["patient"], record["follow_up"], findings[name], size, record["view"])
+        phantom = render_image(seed, record["patient"], record["follow_up"], findings[name], size, record["view"],
+                               float(conspicuity))
         folder = os.path.join(out, folders[name])
         os.makedirs(folder, exist_ok=True)
         _save_png(os.path.join(folder, name), phantom.image, kinds.get(name, "L"))

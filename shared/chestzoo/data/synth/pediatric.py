@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..labels import PEDIATRIC_CLASSES
+from .findings import DEFAULT_CONSPICUITY
 from .phantom import OPACITY, ChestPhantom, render_chest, to_uint8
 
 NORMAL, PNEUMONIA = PEDIATRIC_CLASSES
@@ -127,18 +128,22 @@ def plan(patients: int = 60, size: int = 256, seed: int = 0) -> list[PediatricIm
     return images
 
 
-def render(image: PediatricImage, seed: int) -> ChestPhantom:
+def render(image: PediatricImage, seed: int, conspicuity: float = DEFAULT_CONSPICUITY) -> ChestPhantom:
     """The phantom behind ``image``'s pixels (its own random stream, so any image can be redrawn alone)."""
     rng = np.random.default_rng([seed, 1, image.index])
-    return render_chest(rng, image.height, image.findings, width=image.width, view=VIEW)
+    return render_chest(rng, image.height, image.findings, width=image.width, view=VIEW, conspicuity=conspicuity)
 
 
-def write(out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int = 0) -> dict:
-    """Write the synthetic ``chest_xray`` folders under ``out`` (same arguments, same bytes) and return a summary."""
+def write(
+    out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int = 0, conspicuity: float = DEFAULT_CONSPICUITY
+) -> dict:
+    """Write the synthetic ``chest_xray`` folders under ``out`` (same arguments, same bytes) and return a summary.
+
+    ``conspicuity`` scales the opacities' contrast (:func:`~chestzoo.data.synth.phantom.render_chest`)."""
     out = os.fspath(out)
     counts = {f"{folder}/{label}": 0 for folder in FOLDERS for label in PEDIATRIC_CLASSES}
     for image in plan(patients, size, seed):
-        pixels = to_uint8(render(image, seed).image)
+        pixels = to_uint8(render(image, seed, float(conspicuity)).image)
         picture = Image.fromarray(pixels)
         if image.rgb:
             picture = picture.convert("RGB")

@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter
 from ..labels import NIH_LABELS
 from .anatomy import Body, draw_geometry, smooth_noise, uniform
 from .confounders import burn_in, collimate, draw_devices
-from .findings import DRAW, OPACITY, Lesions
+from .findings import DEFAULT_CONSPICUITY, DRAW, OPACITY, Lesions
 
 FINDINGS = NIH_LABELS + (OPACITY,)
 VIEWS = ("PA", "AP")
@@ -42,21 +42,32 @@ class ChestPhantom:
 
 
 def render_chest(
-    rng: np.random.Generator, height: int, findings=(), width: int | None = None, view: str = "PA"
+    rng: np.random.Generator,
+    height: int,
+    findings=(),
+    width: int | None = None,
+    view: str = "PA",
+    conspicuity: float = DEFAULT_CONSPICUITY,
 ) -> ChestPhantom:
-    """Draw one radiograph with the given findings (names from ``FINDINGS``) in a ``view`` ("PA" or "AP") film."""
+    """Draw one radiograph with the given findings (names from ``FINDINGS``) in a ``view`` ("PA" or "AP") film.
+
+    ``conspicuity`` scales the contrast of every finding (1: faint cases are common, as in real films; 3: most
+    findings are plain to see). The same seed draws the same patient, sites and sizes at any conspicuity.
+    """
     unknown = set(findings) - set(FINDINGS)
     if unknown:
         raise ValueError(f"unknown findings {sorted(unknown)}; known: {FINDINGS}")
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, not {view!r}")
+    if not conspicuity > 0:
+        raise ValueError(f"conspicuity must be positive, not {conspicuity}")
     names = [f for f in FINDINGS if f in set(findings)]  # fixed order: the draws do not depend on the caller's
     width = width or height
     # Separate streams for the patient, the findings and the film: the same seed with and without a finding
     # gives the same patient on the same film, so a finding's own effect can be seen (and tested) alone.
     patient, disease, film = (np.random.default_rng(int(s)) for s in rng.integers(0, 2**63, size=3))
     body = Body(draw_geometry(patient, set(names), view, disease), height, width)
-    lesions = Lesions(body)
+    lesions = Lesions(body, float(conspicuity))
     for name in names:
         DRAW[name](lesions, disease)
     attenuation = (

@@ -31,6 +31,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from ..labels import RSNA_CLASSES
 from . import dicom
+from .findings import DEFAULT_CONSPICUITY
 from .phantom import OPACITY, ChestPhantom, render_chest, to_uint8
 
 TRAIN_LABELS = "stage_2_train_labels.csv"
@@ -122,9 +123,10 @@ def plan(patients: int = 60, seed: int = 0) -> list[RsnaStudy]:
     return studies
 
 
-def render(study: RsnaStudy, size: int, seed: int) -> ChestPhantom:
+def render(study: RsnaStudy, size: int, seed: int, conspicuity: float = DEFAULT_CONSPICUITY) -> ChestPhantom:
     """The phantom behind ``study``'s pixels (its own random stream, so any study can be redrawn alone)."""
-    return render_chest(np.random.default_rng([seed, 1, study.index]), size, study.findings, view=study.view)
+    rng = np.random.default_rng([seed, 1, study.index])
+    return render_chest(rng, size, study.findings, view=study.view, conspicuity=conspicuity)
 
 
 def opacity_boxes(phantom: ChestPhantom) -> list[list[float]]:
@@ -177,8 +179,12 @@ def _number(value: float) -> str:
     return f"{value:.1f}"  # the release writes "264.0"
 
 
-def write(out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int = 0) -> dict:
-    """Write a synthetic stage 2 release under ``out`` (same arguments, same bytes) and return a summary."""
+def write(
+    out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int = 0, conspicuity: float = DEFAULT_CONSPICUITY
+) -> dict:
+    """Write a synthetic stage 2 release under ``out`` (same arguments, same bytes) and return a summary.
+
+    ``conspicuity`` scales the opacities' contrast (:func:`~chestzoo.data.synth.phantom.render_chest`)."""
     out = os.fspath(out)
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
@@ -186,7 +192,7 @@ def write(out: str | os.PathLike, patients: int = 60, size: int = 256, seed: int
     boxes_written = 0
     studies = plan(patients, seed)
     for study in studies:
-        phantom = render(study, size, seed)
+        phantom = render(study, size, seed, float(conspicuity))
         folder = TEST_IMAGES if study.test else TRAIN_IMAGES
         ds = _dicom(study, to_uint8(phantom.image), size, seed)
         dicom.save(ds, os.path.join(out, folder, f"{study.patient_id}.dcm"))
