@@ -25,8 +25,8 @@ RUN = BUNDLE_RUNS[NAME]
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", NAME)
 # the learning test: the demo's compact detector on a smaller synthetic set; its bar is BundleRun.margins
 # (chestzoo.evidence): the RSNA score interval's lower end against the best fixed-box baseline
-LEARN_DATA = {"patients": 200, "size": 64}
-LEARN = {**RUN.demo, "max_epochs": 8, "resume": False, "examples": 0}
+LEARN_DATA = RUN.demo_data  # the demo's data and settings: the test backs the demo report's verdict
+LEARN = {**RUN.demo, "resume": False, "examples": 0}
 
 
 def config(name: str) -> str:
@@ -228,9 +228,9 @@ def test_offline_coco_weights_fail_clearly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@not_yet_learned("RSNA score 0.000 [0.000, 0.000], best baseline 0.019")
+@not_yet_learned("RSNA score 0.003 [0.000, 0.007], best baseline 0.000 [0.000, 0.000], bar 0.100")
 def test_learns_to_localise_opacities(synthetic_data, tmp_path):
-    """Trained briefly on synthetic RSNA, the detector finds the opacities on its test split (challenge metric)."""
+    """Trained as in the demo on synthetic RSNA, the detector finds the opacities on its test split (challenge metric)."""
     root = synthetic_data("rsna", **LEARN_DATA)
     dirs = {"dataset_dir": root, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
     for name in ("train", "evaluate"):

@@ -30,6 +30,12 @@ class BundleRun:
     margins: tuple[Margin, ...] = ()
 
 
+# The demo's and the learning tests' synthetic X-ray sets draw findings three times as conspicuous as the phantom's
+# default (chestzoo.data.synth.phantom.render_chest): at 1 the bundles learn few findings in a few CPU minutes, at 3
+# they do, while the no-learning baselines stay near chance (bundle docs, "How the demo settings were chosen").
+CONSPICUITY = 3.0
+
+
 def override_args(overrides: dict) -> list[str]:
     """Overrides as ``python -m monai.bundle run`` arguments that fire reads back into the same Python values.
 
@@ -47,9 +53,8 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "cxr14_lse_classification": BundleRun(
         dataset="nih",
         margins=(Margin("mean AUROC", "nih_classification", margin=0.05),),
-        # demo target: test mean AUROC >= 0.85 within minutes on a CPU; the measured numbers and run times are in
-        # bundles/cxr14_lse_classification/docs/README.md
-        demo_data={"patients": 300, "size": 64},
+        # how each demo setting was chosen, and what it measures: bundles/cxr14_lse_classification/docs/README.md
+        demo_data={"patients": 300, "size": 64, "conspicuity": CONSPICUITY},
         demo={
             "backbone": "resnet18",
             "pretrained": False,
@@ -75,10 +80,8 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "cxr14_gmvae": BundleRun(
         dataset="nih",
         margins=(Margin("mean AUROC", "nih_classification", margin=0.05), Margin("FD samples", factor=3.0, untrained="FD untrained")),
-        # demo target: q(y|x) mean AUROC >= 0.80, conditional fidelity judged by an independent classifier >= 0.75,
-        # Frechet distance of samples far below an untrained decoder's; the measured numbers and run times are in
-        # bundles/cxr14_gmvae/docs/README.md
-        demo_data={"patients": 300, "size": 64},
+        # how each demo setting was chosen, and what it measures: bundles/cxr14_gmvae/docs/README.md
+        demo_data={"patients": 300, "size": 64, "conspicuity": CONSPICUITY},
         demo={
             "image_size": 64,
             "channels": [16, 32, 64, 128],
@@ -112,15 +115,16 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
     "rsna_pneumonia_classification": BundleRun(
         dataset="rsna",
         margins=(Margin("AUROC", "rsna_classification", margin=0.10),),
-        demo_data={"patients": 400, "size": 128},
+        demo_data={"patients": 400, "size": 128, "conspicuity": CONSPICUITY},
         demo={
             # no ImageNet weights offline: VGG16 with batch norm from scratch, at 32 x 32, without augmentation
             "pretrained": False,
             "batch_norm": True,
             "image_size": 32,
             "batch_size": 16,
-            "learning_rate": 0.001,
-            "max_epochs": 2,
+            # the config's Adam rate: at 0.001 the network did not learn (best validation AUROC 0.62 against 0.83)
+            "learning_rate": 0.0001,
+            "max_epochs": 6,
             "augment": False,
             "num_workers": 0,
             "max_images": 8,
@@ -162,9 +166,8 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
         onnx=False,  # torch.export: data-dependent box count; the traced graph holds the traced input's count
         dataset="rsna",
         margins=(Margin("RSNA score", "rsna_detection", margin=0.10, factor=2.0),),
-        # demo target: test RSNA challenge score >= 0.40 with a compact Mask R-CNN from scratch at 64 x 64 within
-        # minutes on a CPU; the measured numbers and run times are in bundles/rsna_pneumonia_detection/docs/README.md
-        demo_data={"patients": 400, "size": 128},
+        # how each demo setting was chosen, and what it measures: bundles/rsna_pneumonia_detection/docs/README.md
+        demo_data={"patients": 400, "size": 128, "conspicuity": CONSPICUITY},
         demo={
             "backbone": "resnet18_fpn",
             "pretrained": False,
@@ -217,11 +220,10 @@ BUNDLE_RUNS: dict[str, BundleRun] = {
         dataset="nih",
         margins=(Margin("mAP@0.5 (no TTA)", "nih_detection", margin=0.10, factor=2.0),),
         datalist="datalist_boxes.json",
-        # demo target: test mAP@0.5 >= 0.5 with a compact Faster R-CNN from scratch. Its own synthetic set: 40% of the
-        # patients on the official test list, where the boxed films are, gives it more boxed training films than the
-        # default 25%, which fell well short of the target in a trial; the measured numbers are in
+        # Its own synthetic set: 40% of the patients on the official test list, where the boxed films are, gives it
+        # more boxed training films than the default 25%. How each demo setting was chosen, and what it measures:
         # bundles/cxr_pathology_detection/docs/README.md
-        demo_data={"patients": 300, "size": 128, "test_fraction": 0.4},
+        demo_data={"patients": 300, "size": 128, "test_fraction": 0.4, "conspicuity": CONSPICUITY},
         demo={
             "backbone": "resnet18_fpn",
             "pretrained": False,
