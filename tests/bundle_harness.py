@@ -233,6 +233,19 @@ def bundle_tests(name: str) -> dict:
         assert os.listdir(bundle_outputs["output_dir"]), "evaluation and inference wrote nothing into output_dir"
         assert bundle_outputs["written_into_bundle"] == [], f"the runs wrote into the bundle: {bundle_outputs['written_into_bundle']}"
 
+    def test_evaluation_reports_its_baselines(bundle_outputs):
+        """The evaluation's metrics.json holds the no-learning baselines of every task its bars name, scored on the
+        datalist it evaluated; a generator's bar is its own untrained self, which its summary holds."""
+        metrics = json.loads((Path(bundle_outputs["output_dir"]) / "metrics.json").read_text())
+        for margin in run.margins:
+            if margin.task is None:
+                assert margin.untrained in metrics["summary"], f"no {margin.untrained!r} in the summary"
+                continue
+            task = metrics.get("baselines", {}).get("tasks", {}).get(margin.task)
+            assert task, f"metrics.json holds no {margin.task} baselines"
+            assert task["datalist"] == run.datalist and task["headline"]["value"] is not None
+            assert (Path(bundle_outputs["output_dir"]) / "baselines" / "baselines.md").is_file()
+
     def test_command_line(bundle_dataset, tmp_path):
         """``run training`` (older form) trains; ``run --config_file inference.json`` (current form) infers with it."""
         before = _tree(bundle)
@@ -294,4 +307,5 @@ def bundle_tests(name: str) -> dict:
         "test_workflows_properties_and_outputs": test_workflows_properties_and_outputs,
         "test_command_line": test_command_line,
         "test_torchscript_export": test_torchscript_export,
+        "test_evaluation_reports_its_baselines": test_evaluation_reports_its_baselines,
     }

@@ -177,3 +177,25 @@ def test_cli_writes_the_files(tmp_path, capsys):
     report = json.loads((out / "baselines.json").read_text())
     assert report["max_images"] == 10 and report["tasks"]["pediatric_classification"]["images"]["training"] == 10
     assert (out / "baselines.md").read_text().strip() == printed.strip()
+
+
+def test_an_evaluation_gets_its_baselines_beside_its_numbers(tmp_path):
+    """add_to_evaluation (the bundles' evaluate.json, last step) scores the datalist it is given, even under another
+    name, and writes the report into the evaluation's metrics.json and folder."""
+    from chestzoo.baselines import add_to_evaluation
+
+    data = tmp_path / "data"
+    data.mkdir()
+    renamed = data / "my_split.json"
+    os.rename(_classification_set(data), renamed)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"summary": {"AUROC": 0.9}}))
+    report = add_to_evaluation(str(out), str(renamed), "pediatric_classification", max_images=40)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"] == {"AUROC": 0.9} and metrics["baselines"] == json.loads(json.dumps(report))
+    task = report["tasks"]["pediatric_classification"]
+    assert task["datalist"] == "my_split.json" and task["headline"]["value"] == pytest.approx(1.0)
+    assert (out / "baselines" / "baselines.md").is_file()
+    with pytest.raises(ValueError, match="one task"):
+        run_baselines(str(data), task=["pediatric_classification", "rsna_classification"], datalist=str(renamed))

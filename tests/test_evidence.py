@@ -76,3 +76,15 @@ def test_judge_all_runs_the_named_baselines_once_per_dataset(synthetic_data):
     poor = judge_all(metrics("Dice", 0.5, 0.4, 0.6), margins, root, reports)
     assert [v["passed"] for v in poor] == [False] and reports[root, "lung_segmentation"] is first
     assert poor[0]["baseline"]["baseline"] == "mean_mask"
+
+
+def test_judge_all_prefers_the_baselines_the_evaluation_scored(tmp_path):
+    """An evaluation that scored its baselines (metrics.json "baselines") is judged against them; the dataset folder
+    is not read."""
+    from chestzoo.evidence import judge_all
+
+    scored = {"tasks": {"lung_segmentation": {"headline": {"baseline": "mean_mask", "metric": "Dice", "value": 0.7,
+                                                           "low": 0.65, "high": 0.75}}}}
+    margins = (Margin("Dice", "lung_segmentation", margin=0.08),)
+    verdicts = judge_all({**metrics("Dice", 0.9, 0.79, 0.95), "baselines": scored}, margins, str(tmp_path / "absent"))
+    assert [v["passed"] for v in verdicts] == [True] and verdicts[0]["bar"] == pytest.approx(0.78)

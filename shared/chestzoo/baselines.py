@@ -22,6 +22,7 @@ scored with the bundles' own metric code, every number with a bootstrap 95% inte
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from .metrics.detection import mean_average_precision
 from .metrics.report import write_json
 from .metrics.rsna import rsna_score, tune_postprocessing
 from .metrics.segmentation import BatchDiceMetric, HausdorffDistance95Metric
+
+logger = logging.getLogger(__name__)
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)  # logistic regression's inverse regularisation, chosen on validation
 
@@ -429,12 +432,13 @@ def markdown(report: dict) -> str:
 
 def run_baselines(dataset_dir: str, out: str | None = None, task: str | Sequence[str] | None = None, size: int = 32,
                   thumbnail: int = 16, seed: int = 0, max_images: int | None = None, n_resamples: int = 1000,
-                  level: float = 0.95) -> dict:
+                  level: float = 0.95, datalist: str | None = None) -> dict:
     """Fit and score the baselines of each task in ``dataset_dir`` (default: every task whose datalist is there).
 
     Writes ``baselines.json`` and ``baselines.md`` into ``out`` (default ``dataset_dir/baselines``) and returns the
     JSON's content. ``size``: working size of the images; ``thumbnail``: the logistic regression's input size
-    (shrunk from the working size); ``max_images``: at most this many images per split (a seeded random subset).
+    (shrunk from the working size); ``max_images``: at most this many images per split (a seeded random subset);
+    ``datalist``: the datalist of a single ``task``, where it is not the task's usual file in ``dataset_dir``.
 
     The report: the options, and per task ``{"kind", "datalist", "images": {split: count}, "units", "unit" (what the
     bootstrap resampled: patient or image), "note", "metrics": [column names], "classes", "headline": {"baseline",
@@ -448,6 +452,8 @@ def run_baselines(dataset_dir: str, out: str | None = None, task: str | Sequence
         raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     if not tasks:
         raise DataError(dataset_dir, "no datalist of a known task here: run `chestzoo prepare <dataset> <dir>` first")
+    if datalist is not None and len(tasks) != 1:
+        raise ValueError(f"a datalist names the data of one task, not of {tasks}")
     read: dict = {}  # (datalist, split) -> Split, so that tasks on one datalist read its images once
 
     def split(path: str, name: str, masks: bool) -> Split:
@@ -459,7 +465,7 @@ def run_baselines(dataset_dir: str, out: str | None = None, task: str | Sequence
               "max_images": max_images, "n_resamples": n_resamples, "level": level, "tasks": {}}
     for name in tasks:
         spec = TASKS[name]
-        path = os.path.join(dataset_dir, spec.datalist)
+        path = datalist or os.path.join(dataset_dir, spec.datalist)
         splits = {s: split(path, s, spec.kind == "segmentation") for s in ("training", "validation", "test")}
         images = {s: len(v.items) for s, v in splits.items()}
         note = ""
@@ -480,11 +486,32 @@ def run_baselines(dataset_dir: str, out: str | None = None, task: str | Sequence
             result = segmentation(splits, resample)
         else:
             result = detection(splits, _header(path)["box_classes"], name == "rsna_detection", resample)
-        report["tasks"][name] = {"kind": spec.kind, "datalist": spec.datalist,
+        report["tasks"][name] = {"kind": spec.kind, "datalist": os.path.basename(path),
                                  "images": images,
                                  "units": len(set(groups or range(images["test"]))), "unit": unit, "note": note, **result}
     out = out or os.path.join(dataset_dir, "baselines")
     write_json(os.path.join(out, "baselines.json"), report)
     with open(os.path.join(out, "baselines.md"), "w") as f:
         f.write(markdown(report))
+    return report
+
+
+def add_to_evaluation(output_dir: str, datalist: str, task: str, max_images: int | None = None) -> dict:
+    """Score ``task``'s baselines on the splits of ``datalist`` beside a bundle's evaluation in ``output_dir``.
+
+    Called last by the bundles' ``evaluate.json`` (config key ``baselines``): the report goes to
+    ``<output_dir>/baselines/`` and under ``"baselines"`` into ``<output_dir>/metrics.json``, so that the evaluation
+    shows the best score reached without learning next to the bundle's own. ``max_images`` caps each split (a seeded
+    subset) where reading a whole real dataset again would take long.
+    """
+    report = run_baselines(os.path.dirname(os.path.abspath(datalist)), out=os.path.join(output_dir, "baselines"),
+                           task=task, max_images=max_images, datalist=datalist)
+    path = os.path.join(output_dir, "metrics.json")
+    with open(path) as f:
+        metrics = json.load(f)
+    metrics["baselines"] = report
+    write_json(path, metrics)
+    headline = report["tasks"][task]["headline"]
+    logger.info("best no-learning baseline (%s): %s %s (%s); details in %s", task, headline["metric"],
+                format_interval(headline), headline["baseline"], os.path.join(output_dir, "baselines", "baselines.md"))
     return report

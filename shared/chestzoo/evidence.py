@@ -62,16 +62,19 @@ def _known(*values) -> bool:
 
 
 def judge_all(metrics: dict, margins: Sequence[Margin], dataset_dir: str, reports: dict | None = None) -> list[dict]:
-    """Every bar of ``margins`` judged on ``metrics``, running ``chestzoo baselines`` on ``dataset_dir`` for the tasks
-    they name (into ``<dataset_dir>/baselines/<task>/``); ``reports`` keeps those runs, keyed by (folder, task), so
-    that bundles sharing a dataset compute its baselines once."""
+    """Every bar of ``margins`` judged on ``metrics``, against the baselines the evaluation scored beside itself
+    (``metrics["baselines"]``) or else by running ``chestzoo baselines`` on ``dataset_dir`` for the tasks they name
+    (into ``<dataset_dir>/baselines/<task>/``); ``reports`` keeps those runs, keyed by (folder, task), so that
+    bundles sharing a dataset compute its baselines once."""
     from .baselines import run_baselines
 
     reports = {} if reports is None else reports
     verdicts = []
     for margin in margins:
         baselines = None
-        if margin.task is not None:
+        if margin.task in metrics.get("baselines", {}).get("tasks", {}):
+            baselines = metrics["baselines"]
+        elif margin.task is not None:
             key = (str(dataset_dir), margin.task)
             if key not in reports:
                 reports[key] = run_baselines(key[0], out=os.path.join(key[0], "baselines", margin.task), task=margin.task)
