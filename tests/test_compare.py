@@ -63,6 +63,15 @@ def test_comparison_report(synthetic_data, checkpoints, tmp_path):
     assert all(row["ms_per_image"] > 0 for row in rows.values())
     assert result["threads"] == 1 and torch.get_num_threads() == threads_before  # set for the run only
     assert result["detector_postprocessing"] == {"score_threshold": 0.0, "nms_iou": 0.3}
+    # every number has its bootstrap interval, around it, and the report prints it
+    det = rows["rsna_pneumonia_detection"]
+    for key, value in (("auroc", det["auroc"]), ("RSNA score", det["localisation"]["RSNA score"])):
+        interval = det["ci95"][key]
+        assert interval["value"] == pytest.approx(value) and interval["n_resamples"] == 1000
+        assert interval["low"] is None or interval["low"] <= value <= interval["high"]
+    dice = rows["cxr_lung_segmentation"]["ci95"]["lung Dice"]
+    assert dice["value"] == pytest.approx(rows["cxr_lung_segmentation"]["localisation"]["lung Dice"]) and dice["unit"] == "patient"
+    assert rows["rsna_pneumonia_classification"]["ci95"]["auroc"]["value"] == pytest.approx(rows["rsna_pneumonia_classification"]["auroc"])
     text = report.read_text()
     assert "| U-Net | `cxr_lung_segmentation` | lung fields | - (not a pneumonia model) | lung Dice" in text
     assert "RSNA score" in text and "(best box score)" in text
@@ -103,7 +112,8 @@ def test_lung_dice_against_the_datalist_masks(synthetic_data):
     # the first test image's own lungs, predicted at half the resolution: near-perfect on it, less on the others
     half = truth[::2, ::2]
     assert lung_dice(_FixedMasks(half), datalist, max_images=1)["dice"] > 0.95
-    assert lung_dice(_FixedMasks(np.zeros_like(half)), datalist)["dice"] == 0.0
+    zero = lung_dice(_FixedMasks(np.zeros_like(half)), datalist)
+    assert zero["dice"] == 0.0 and zero["ci95"]["low"] == zero["ci95"]["high"] == 0.0
 
 
 def test_report_leaves_missing_numbers_empty(tmp_path):

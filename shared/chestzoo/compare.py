@@ -43,6 +43,7 @@ import torch
 
 from .bundle_model import BUNDLES_DIR, SETTINGS, BundleModel, settings_overrides  # noqa: F401 - SETTINGS re-exported
 from .data import DataError, load_datalist, read_mask
+from .metrics.bootstrap import bootstrap_interval, format_interval, patient_ids
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def lung_dice(model: LoadedModel, lung_datalist: str, max_images: int | None = N
         truth = read_mask(item["mask"], merge=True)[0] > 0.5
         pred = model.predict(model.prepare(item["image"]))
         scores.append(_dice(_resize_nearest(pred, truth.shape), truth))
-    return {"dice": float(np.mean(scores)), "images": len(scores), "datalist": lung_datalist}
+    interval = bootstrap_interval(np.mean, np.asarray(scores), groups=patient_ids(items))
+    return {"dice": float(np.mean(scores)), "ci95": interval, "images": len(scores), "datalist": lung_datalist}
 
 
 def run_compare(
@@ -215,8 +217,20 @@ def run_compare(
     }
     rsna = rsna_score(kept, [{"boxes": t} for t in truth_boxes])
     zeros = lambda n: np.zeros(n, dtype=np.int64)  # noqa: E731 - one class
-    ap = mean_average_precision([{**r, "labels": zeros(len(r["boxes"]))} for r in raw],
-                                [{"boxes": t, "labels": zeros(len(t))} for t in truth_boxes], ["Lung Opacity"], 0.5)
+
+    def map50(predictions, truths):
+        return mean_average_precision([{**r, "labels": zeros(len(r["boxes"]))} for r in predictions],
+                                      [{"boxes": t, "labels": zeros(len(t))} for t in truths], ["Lung Opacity"], 0.5)["mAP"]
+
+    ap = {"mAP": map50(raw, truth_boxes)}
+    # resampled by the datalist's patients (RSNA's patientId names one image each), else by image
+    groups = patient_ids(items)
+    intervals = {
+        "AUROC": {name: bootstrap_interval(auroc, image_scores[name], labels, groups=groups) for name in image_scores},
+        "RSNA score": bootstrap_interval(lambda k, t: rsna_score(k, [{"boxes": b} for b in t])["score"], kept, truth_boxes,
+                                         groups=groups),
+        "mAP@0.5": bootstrap_interval(map50, raw, truth_boxes, groups=groups),
+    }
     inside = _box_area_in_lungs(kept, outputs[unet], items)
     lungs = lung_dice(models[unet], os.path.join(lung_dataset_dir, "datalist.json"), max_images) if lung_dataset_dir else None
 
@@ -225,9 +239,11 @@ def run_compare(
         return None if math.isnan(value) else value
 
     rows = {
-        vgg: {"auroc": aur(vgg), "localisation": None},
-        unet: {"auroc": None, "localisation": {"lung Dice": None if lungs is None else lungs["dice"]}},
-        det: {"auroc": aur(det), "localisation": {"RSNA score": _finite(rsna["score"]), "mAP@0.5": _finite(ap["mAP"])}},
+        vgg: {"auroc": aur(vgg), "localisation": None, "ci95": {"auroc": intervals["AUROC"][vgg]}},
+        unet: {"auroc": None, "localisation": {"lung Dice": None if lungs is None else lungs["dice"]},
+               "ci95": {"lung Dice": None if lungs is None else lungs["ci95"]}},
+        det: {"auroc": aur(det), "localisation": {"RSNA score": _finite(rsna["score"]), "mAP@0.5": _finite(ap["mAP"])},
+              "ci95": {"auroc": intervals["AUROC"][det], "RSNA score": intervals["RSNA score"], "mAP@0.5": intervals["mAP@0.5"]}},
     }
     for name in models:
         rows[name]["ms_per_image"] = 1000.0 * float(np.median(seconds[name]))
@@ -281,6 +297,12 @@ def _fmt(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cell(row: Mapping, key: str, value) -> str:
+    """The value with its 95% interval where the result holds one (older comparison.json files do not)."""
+    interval = row.get("ci95", {}).get(key)
+    return _fmt(value) if value is None or interval is None else format_interval(interval)
+
+
 def write_report(result: Mapping, path: Path) -> Path:
     """The Markdown report of :func:`run_compare`'s result."""
     models = result["models"]
@@ -297,19 +319,22 @@ def write_report(result: Mapping, path: Path) -> Path:
         if row["kind"] == "segmenter":
             auroc_cell = "- (not a pneumonia model)"
             dice = row["localisation"]["lung Dice"]
-            local = f"lung Dice {_fmt(dice)}" if dice is not None else "- (no lung masks given)"
+            local = f"lung Dice {_cell(row, 'lung Dice', dice)}" if dice is not None else "- (no lung masks given)"
         elif row["kind"] == "classifier":
-            auroc_cell, local = _fmt(row["auroc"]), "- (image level only)"
+            auroc_cell, local = _cell(row, "auroc", row["auroc"]), "- (image level only)"
         else:
-            auroc_cell = f"{_fmt(row['auroc'])} (best box score)"
+            auroc_cell = f"{_cell(row, 'auroc', row['auroc'])} (best box score)"
             loc = row["localisation"]
-            local = f"RSNA score {_fmt(loc['RSNA score'])}, mAP@0.5 {_fmt(loc['mAP@0.5'])}"
+            local = (f"RSNA score {_cell(row, 'RSNA score', loc['RSNA score'])}, "
+                     f"mAP@0.5 {_cell(row, 'mAP@0.5', loc['mAP@0.5'])}")
         lines.append(f"| {row['name']} | `{bundle}` | {row['output']} | {auroc_cell} | {local} | {row['ms_per_image']:.1f} |")
     post = result["detector_postprocessing"]
     lines += [
         "",
         "Notes:",
         "",
+        "- Brackets: bootstrap 95% intervals (1,000 seeded resamples of the test images, or of the patients where the "
+        "datalist names them; `ci95` in comparison.json).",
         "- AUROC: image-level, against the RSNA Target (lung opacity present). The VGG16's score is its probability of "
         "\"Lung Opacity\"; the Mask R-CNN's is its highest box score after NMS (0 without boxes).",
         "- The U-Net segments the lung fields and has no pneumonia output, so it gets no AUROC; an image score built "
