@@ -224,6 +224,10 @@ def test_evaluation_outputs(bundle_outputs):
         assert variant["localization"]["thresholds"] == [0.1, 0.25, 0.5, 0.75, 0.9]
     assert all(isinstance(v, float) for v in metrics["summary"].values())
     assert any(k.startswith("mAP@0.5") for k in metrics["summary"])
+    # every headline has its interval; TTA's cost is a run time, kept under "tta" rather than among the headlines
+    assert set(metrics["summary_ci95"]) == set(metrics["summary"]) and "TTA time x" not in metrics["summary"]
+    wang = metrics["summary_ci95"]["Wang Acc@IoBB0.5"]
+    assert wang["value"] == pytest.approx(metrics["summary"]["Wang Acc@IoBB0.5"]) and wang["n_resamples"] == 1000
     timing = metrics["tta"]
     assert len(timing["views"]) == 8 and timing["seconds_per_image"]["tta_views"] > timing["seconds_per_image"]["plain"] > 0
     assert metrics["wang_2017"]["accuracy"]["Cardiomegaly"][0] == 0.9931
