@@ -17,7 +17,7 @@ Measured, each pair in the same process and on the same data, so that the ratios
 - memory: peak resident memory of one training epoch over N cached synthetic images, each N in a fresh process.
 
 ``--device cuda`` runs both loops with AMP, channels-last tensors and pinned batches.
-This folder is a script folder, not a package (DESIGN.md: no importable package with a common name).
+This folder is a script folder, not a package: an importable package with so common a name would shadow others.
 """
 
 from __future__ import annotations

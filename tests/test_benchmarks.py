@@ -48,7 +48,7 @@ def test_benchmark_json_shape_and_ratios(tmp_path):
 
 
 def test_training_memory_does_not_grow_with_the_cached_dataset(tmp_path):
-    """DESIGN/issue 10: peak RSS of an epoch over 20,000 cached images within 10% of the same over 1,000."""
+    """Peak RSS of an epoch over 20,000 cached images within 10% of the same over 1,000."""
     report, _ = bench(tmp_path, "--bundles", "", "--loader-images", "0", "--memory-images", "1000,20000", "--memory-size", "64")
     runs = report["memory"]["runs"]
     assert [r["images"] for r in runs] == [1000, 20000] and runs[1]["images"] == 20000

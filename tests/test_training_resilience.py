@@ -1,4 +1,4 @@
-"""Training that survives (issue 12), for the classification, detection and GAN bundles: a SIGKILLed run resumes with
+"""Training that survives, for the classification, detection and GAN bundles: a SIGKILLed run resumes with
 the same command, two runs with one seed agree on CPU, bad files stop the run with one error or are skipped and
 reported, a NaN loss stops the run and keeps the last good checkpoint, and two Gloo processes train as one."""
 

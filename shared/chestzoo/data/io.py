@@ -1,6 +1,6 @@
 """Reading chest images one way for every bundle, on top of MONAI's readers.
 
-Conventions (see DESIGN.md):
+Conventions (also under "Conventions" in the README):
 - arrays are channel-first ``(C, H, W)`` in numpy/torchvision order, so a box ``[x_min, y_min, x_max, y_max]``
   in pixels covers ``image[..., y_min:y_max, x_min:x_max]``;
 - X-rays come out as float32 in [0, 1]: 8-bit PNG/JPEG / 255, 16-bit / 65535 (/ 4095 when all values fit 12 bits), colour and alpha images turned grey;
