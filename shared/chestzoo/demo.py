@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+from .bundle_model import BUNDLES_DIR
 from .bundle_runs import BUNDLE_RUNS, override_args
 from .data import registry
 
 logger = logging.getLogger(__name__)
 
-BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 PICTURES_PER_BUNDLE = 4
 
 

@@ -21,7 +21,6 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from monai.inferers import Inferer
 
-from ..data.errors import DataError
 from .bootstrap import bootstrap_interval
 from .classification import multilabel_auroc
 from .sample_quality import load_or_train_reference, sample_quality
@@ -71,15 +70,6 @@ class PerImageMean(Metric):
         if int(self._count) == 0:
             raise NotComputableError("PerImageMean needs at least one image before it can be computed")
         return float(self._sum / self._count)
-
-
-def load_weights(network: torch.nn.Module, path: str, map_location="cpu") -> torch.nn.Module:
-    """Load a bundle checkpoint (``{"model": state_dict}`` or a bare state dict) into ``network``."""
-    if not os.path.isfile(path):
-        raise DataError(path, "checkpoint not found: train the bundle first (configs/train.json) or set --ckpt_dir")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    _unwrap(network).load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
-    return network
 
 
 def stack_dataset(dataset, max_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

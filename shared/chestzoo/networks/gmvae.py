@@ -38,7 +38,6 @@ from ..losses.gmvae import (
     iwae_bound,
     kl_sampled,
     log_normal,
-    log_normal_mixture,
     reparameterize,
 )
 
@@ -353,10 +352,6 @@ class GMVAE(nn.Module):
         means, logvars = self.prior()
         per_component = log_normal(z.unsqueeze(-2), means, logvars)
         return torch.softmax(per_component, dim=-1)
-
-    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        means, logvars = self.prior()
-        return log_normal_mixture(z, means, logvars)
 
 
 @torch.no_grad()
