@@ -33,13 +33,15 @@ def _png(shape=(64, 64), mode="L") -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
+def _dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> bytes:
     from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
     from chestzoo.data.synth.dicom import new_dataset
 
     ds = new_dataset(SecondaryCaptureImageStorage, generate_uid())
     ds.Modality = "DX"
+    for name, value in tags.items():
+        setattr(ds, name, value)
     ds.set_pixel_data(pixels, photometric, 8, generate_instance_uid=False)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -74,9 +76,13 @@ def test_untrained_bundles_say_how_to_train(untrained_client):
     assert "lung_ct_dcgan/configs/train.json" in answer.get_json()["command"].replace(os.sep, "/")
 
 
+GRADIENT = np.tile(np.linspace(20, 230, 50).astype(np.uint8), (40, 1))  # grey, not blank: the input gate lets it in
+
+
 def test_valid_upload_without_models_shows_the_image(untrained_client):
-    answer = _upload(untrained_client, _dicom(np.full((40, 50), 128, np.uint8)), "chest.dcm")
+    answer = _upload(untrained_client, _dicom(GRADIENT), "chest.dcm")
     assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["results"]["input_check"].startswith("accepted")
     body = answer.get_json()
     assert body["picture"].startswith("data:image/png;base64,")
     assert body["results"]["image"] == {"height": 40, "width": 50}
@@ -103,6 +109,18 @@ def test_bad_uploads_get_clear_messages(untrained_client, name, data, status, me
     error = answer.get_json()["error"]
     assert message in error
     assert "chestzoo_serve_" not in error, "messages must not show the server's temporary paths"
+
+
+def test_what_is_not_a_frontal_chest_radiograph_is_refused_with_the_reason(untrained_client, tmp_path):
+    knee = _dicom(GRADIENT, BodyPartExamined="EXTREMITY")
+    answer = _upload(untrained_client, knee, "knee.dcm")
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == ("knee.dcm: not analysed, since it is not a frontal chest radiograph: BodyPartExamined "
+                                          "is EXTREMITY, not the chest (serve with --accept_any_image True to analyse it anyway)")
+    assert "a blank image" in _upload(untrained_client, _dicom(np.full((40, 50), 128, np.uint8)), "blank.dcm").get_json()["error"]
+    anything = create_app(ServedModels(models_dir=tmp_path, device="cpu"), max_upload_mb=1, accept_any_image=True).test_client()
+    answer = _upload(anything, knee, "knee.dcm")
+    assert answer.status_code == 200 and "accepted because any image is accepted" in answer.get_json()["results"]["input_check"]
 
 
 def test_no_request_path_reaches_the_file_system(untrained_client, tmp_path, monkeypatch):

@@ -97,20 +97,49 @@ class ChestZoo:
                                n_resamples=n_resamples)
         print(markdown(report))
 
+    def check_image(self, *files: str, kind: str = "xray", accept_any_image: bool = False):
+        """Say, for each FILE, whether chestzoo's models take it: accepted, or refused with the reason.
+
+        KIND "xray" (frontal chest radiograph: DICOM Modality CR or DX, BodyPartExamined chest or absent, ViewPosition
+        PA or AP or absent) or "ct". Blank and colour pictures are refused too. Exits with status 1 when any file is
+        refused (or cannot be read); ACCEPT_ANY_IMAGE accepts every readable file and says what it overrode.
+        """
+        from .data.input_gate import check_file
+        from .utils import as_bool
+
+        if not files:
+            raise fire.core.FireError("name at least one file: chestzoo check-image FILE [FILE ...]")
+        refused = 0
+        for path in files:
+            try:
+                verdict = str(check_file(path, kind, as_bool(accept_any_image)))
+                refused += verdict.startswith("refused")
+            except Exception as exc:  # an unreadable file is refused with its error; the other files are still checked
+                verdict = f"refused: cannot read it ({type(exc).__name__}: {exc})"
+                refused += 1
+            print(f"{path}: {verdict}")
+        if refused:
+            sys.exit(1)
+
     def serve(self, host: str = "127.0.0.1", port: int = 8000, models: str | None = None, ckpt_dirs: dict | str | None = None,
-              settings: str = "none", overrides: dict | str | None = None, device: str | None = None, max_upload_mb: float = 32.0):
+              settings: str = "none", overrides: dict | str | None = None, device: str | None = None, max_upload_mb: float = 32.0,
+              accept_any_image: bool = False):
         """A web page on http://HOST:PORT/: upload a chest X-ray, see findings, heatmaps, boxes and lungs; generate images.
 
         MODELS holds <bundle>/models/model.pt per bundle (default: bundles/, i.e. bundles/<name>/models; after
         `chestzoo demo` use demo_output); CKPT_DIRS maps bundle names to checkpoint folders (JSON); SETTINGS is none, demo
         or test, the overrides the models were trained with. Untrained bundles are listed on the page with their command.
+        Uploads that are plainly not a frontal chest radiograph are refused with the reason (as `chestzoo check-image`
+        says); ACCEPT_ANY_IMAGE analyses them anyway and the answer says so.
         """
         from .bundle_model import BUNDLES_DIR
         from .serve import serve
+        from .utils import as_bool
 
         parse = lambda value: json.loads(value) if isinstance(value, str) else value  # noqa: E731 - fire passes JSON text or a dict
-        serve(host=host, port=port, max_upload_mb=max_upload_mb, models_dir=models or BUNDLES_DIR, ckpt_dirs=parse(ckpt_dirs),
-              settings=settings, overrides=parse(overrides), device=device)
+        serve(host=host, port=port, max_upload_mb=max_upload_mb, accept_any_image=as_bool(accept_any_image),
+              models_dir=models or BUNDLES_DIR, ckpt_dirs=parse(ckpt_dirs), settings=settings, overrides=parse(overrides),
+              device=device)
 
 
 def main():

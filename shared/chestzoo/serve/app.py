@@ -14,6 +14,7 @@ from importlib import resources
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..data.input_gate import check_file
 from .models import ExpiredImage, RequestError, ServedModels
 from .uploads import UploadError, read_upload
 
@@ -34,7 +35,7 @@ class NotTrained(Exception):
         self.problem = problem
 
 
-def create_app(models: ServedModels, max_upload_mb: float = 32.0) -> Flask:
+def create_app(models: ServedModels, max_upload_mb: float = 32.0, accept_any_image: bool = False) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     files = _static_files()
@@ -110,8 +111,13 @@ def create_app(models: ServedModels, max_upload_mb: float = 32.0) -> Flask:
             raise UploadError("no file in the request (form field 'file')")
         data = upload.read()
         with read_upload(data, upload.filename or "upload") as (path, image):
+            verdict = check_file(path, accept_any=accept_any_image)
+            if not verdict.accepted:
+                raise UploadError(f"{upload.filename or 'upload'}: not analysed, since it is not a frontal chest radiograph: "
+                                  f"{verdict.reason} (serve with --accept_any_image True to analyse it anyway)")
             result = models.analyse(path, image)
         result["results"]["file"] = upload.filename or "upload"
+        result["results"]["input_check"] = str(verdict)
         result["results"]["settings"] = models.settings
         return jsonify(result)
 
@@ -139,12 +145,13 @@ def create_app(models: ServedModels, max_upload_mb: float = 32.0) -> Flask:
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 32.0, **model_options) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 32.0, accept_any_image: bool = False,
+          **model_options) -> None:
     """Load the models, then serve the page until interrupted."""
     from werkzeug.serving import make_server
 
     models = ServedModels(**model_options)
-    app = create_app(models, max_upload_mb)
+    app = create_app(models, max_upload_mb, accept_any_image)
     server = make_server(host, int(port), app, threaded=True)
     print(f"chestzoo serve: open http://{host}:{server.server_port}/ (Ctrl+C stops)", flush=True)
     try:
