@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -30,6 +31,7 @@ from local_server import free_port, running
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 APP = PROJECT_ROOT / "apps" / "monailabel"
+KNEE = "zz_knee"  # a study the app must refuse to infer on
 
 
 # ---- label files -> datalists (no server) --------------------------------------------------------------------------
@@ -149,8 +151,12 @@ def studies(synthetic_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("studies")
     nih = Path(synthetic_data("nih", **BUNDLE_RUNS["cxr14_lse_classification"].test_data))
     rsna = Path(synthetic_data("rsna", **BUNDLE_RUNS["rsna_pneumonia_detection"].test_data))
-    for path in sorted(nih.glob("images_*/images/*.png"))[:4] + sorted((rsna / "stage_2_train_images").glob("*.dcm"))[:4]:
+    dicoms = sorted((rsna / "stage_2_train_images").glob("*.dcm"))
+    for path in sorted(nih.glob("images_*/images/*.png"))[:4] + dicoms[:4]:
         shutil.copy(path, folder / path.name)
+    knee = pydicom.dcmread(dicoms[4])
+    knee.BodyPartExamined = "EXTREMITY"  # a radiograph of another body part: the input gate refuses it
+    knee.save_as(folder / f"{KNEE}.dcm")
     return folder
 
 
@@ -181,8 +187,10 @@ def test_monailabel_serves_and_trains_the_bundles(label_server, studies):
     assert status == 200
     images = sorted(json.loads(body)["objects"])
     pngs = [i for i in images if (studies / f"{i}.png").exists()]
-    dicoms = [i for i in images if (studies / f"{i}.dcm").exists()]
-    assert len(pngs) == 4 and len(dicoms) == 4
+    dicoms = [i for i in images if (studies / f"{i}.dcm").exists() and i != KNEE]
+    assert len(pngs) == 4 and len(dicoms) == 4 and KNEE in images
+    status, body = _request(f"{url}infer/cxr14_lse_classification?image={KNEE}&output=json", "POST")
+    assert status == 422 and b"not a frontal chest radiograph: BodyPartExamined is EXTREMITY" in body, (status, body[:300])
 
     def infer(model: str, image: str, output: str):
         status, body = _request(f"{url}infer/{model}?image={image}&output={output}", "POST")
@@ -192,6 +200,7 @@ def test_monailabel_serves_and_trains_the_bundles(label_server, studies):
     for image, suffix in ((pngs[0], ".png"), (dicoms[0], ".dcm")):
         height, width = read_image(studies / f"{image}{suffix}").shape[-2:]
         findings = json.loads(infer("cxr14_lse_classification", image, "json"))
+        assert findings["input_check"].startswith("accepted"), findings["input_check"]
         probabilities = [f["probability"] for f in findings["probabilities"]]
         assert sorted(f["label"] for f in findings["probabilities"]) == sorted(NIH_LABELS)
         assert probabilities == sorted(probabilities, reverse=True) and all(0 <= p <= 1 for p in probabilities)

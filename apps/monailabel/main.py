@@ -33,6 +33,7 @@ from PIL import Image
 
 from chestzoo.bundle_model import BUNDLES_DIR, settings_overrides
 from chestzoo.data import DataError
+from chestzoo.data.input_gate import check_file
 from chestzoo.demo import bundle_command
 from chestzoo.labelling import LABEL_NAMES, SERVED, predict, training_datalist
 from chestzoo.serve import ServedModels
@@ -64,10 +65,11 @@ def single_image(path: str) -> str:
 class BundleInfer(InferTask):
     """One served bundle; its checkpoint is (re)loaded when it appears or changes, e.g. after a training run."""
 
-    def __init__(self, name: str, models_dir: Path, settings: str, device: str | None):
+    def __init__(self, name: str, models_dir: Path, settings: str, device: str | None, accept_any_image: bool = False):
         super().__init__(type=SERVED[name], labels=LABEL_NAMES[name], dimension=2,
                          description=f"chestzoo {name} ({SERVED[name]} of chest X-rays)")
         self.name, self.models_dir, self.settings, self.device = name, models_dir, settings, device
+        self.accept_any_image = accept_any_image
         self.checkpoint = models_dir / name / "models" / "model.pt"
         self._served: ServedModels | None = None
         self._stamp: tuple | None = None
@@ -92,6 +94,10 @@ class BundleInfer(InferTask):
 
     def __call__(self, request) -> tuple[str | None, dict]:
         path = single_image(request["image"])
+        verdict = check_file(path, accept_any=self.accept_any_image)
+        if not verdict.accepted:
+            raise HTTPException(status_code=422, detail=f"not a frontal chest radiograph: {verdict.reason} (start the app "
+                                                        "with --conf accept_any_image true to infer anyway)")
         try:
             result, label = predict(self.served(), self.name, path)
         except DataError as exc:
@@ -103,7 +109,7 @@ class BundleInfer(InferTask):
             Image.fromarray(label).save(out)
         else:  # the JSON label an annotator corrects and saves; the probabilities stay in the answer only
             Path(out).write_text(json.dumps({k: v for k, v in result.items() if k != "probabilities"}, indent=2))
-        return out, {"model": self.name, **result}
+        return out, {"model": self.name, "input_check": str(verdict), **result}
 
 
 class BundleTrain(TrainTask):
@@ -178,6 +184,7 @@ class ChestZooApp(MONAILabelApp):
         self.settings = conf.get("settings", "none")
         self.device = conf.get("device")
         self.label_tag = conf.get("label_tag", "final")
+        self.accept_any_image = as_bool(conf.get("accept_any_image", False))
         names = [n.strip() for n in conf.get("bundles", ",".join(SERVED)).split(",") if n.strip()]
         unknown = sorted(set(names) - set(SERVED))
         if unknown:
@@ -196,7 +203,7 @@ class ChestZooApp(MONAILabelApp):
                               read_only=server_settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_infers(self):
-        return {name: BundleInfer(name, self.models_dir, self.settings, self.device) for name in self.names}
+        return {name: BundleInfer(name, self.models_dir, self.settings, self.device, self.accept_any_image) for name in self.names}
 
     def init_trainers(self):
         return {name: BundleTrain(name, self.models_dir, self.settings, self.label_tag) for name in self.names}
