@@ -208,3 +208,14 @@ def test_inference_reads_png_and_dicom_alike(bundle_outputs, tmp_path):
     assert set(records) == {"film.png", "film.dcm"}
     png, dcm = (np.array(list(records[n]["probabilities"].values())) for n in ("film.png", "film.dcm"))
     np.testing.assert_allclose(dcm, png, atol=1e-5)
+
+    # the input gate: a knee (the same pixels under another BodyPartExamined) is left out and listed with its reason
+    ds.BodyPartExamined = "EXTREMITY"
+    dicom.save(ds, inputs / "knee.dcm")
+    wf = workflow("inference", dataset_dir=str(inputs), ckpt_dir=bundle_outputs["ckpt_dir"], output_dir=str(out), **{**RUN.test, "max_images": None})
+    wf.run()
+    wf.finalize()
+    assert {os.path.basename(r["image"]) for r in json.load(open(out / "predictions.json"))["images"]} == {"film.png", "film.dcm"}
+    refused = json.load(open(out / "refused_inputs.json"))
+    assert refused["accepted"] == 2 and [(os.path.basename(r["image"]), r["reason"]) for r in refused["refused"]] == [
+        ("knee.dcm", "BodyPartExamined is EXTREMITY, not the chest")]

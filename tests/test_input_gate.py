@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import fire
@@ -110,3 +111,21 @@ def test_check_image_command_prints_each_verdict_and_fails_on_any_refusal(rsna_d
     assert lines[2].startswith(f"{missing}: refused: cannot read it")
     code, out = run(lateral, "--accept_any_image", "True")
     assert code == 0 and "accepted" in out
+
+
+def test_admit_keeps_the_accepted_files_in_order_and_lists_the_refused(rsna_dicoms, tmp_path):
+    from chestzoo.data import DataError
+    from chestzoo.data.input_gate import admit
+
+    chest = rsna_dicoms["MONOCHROME2"]
+    lateral = _retagged(chest, tmp_path, ViewPosition="LL")
+    unreadable = str(tmp_path / "damaged.png")
+    with open(unreadable, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "out"
+    assert admit([lateral, chest, unreadable], str(out)) == [chest, unreadable]  # the reader reports the damaged file
+    report = json.loads((out / "refused_inputs.json").read_text())
+    assert report == {"accepted": 2, "refused": [{"image": lateral, "reason": "ViewPosition LL: lateral"}]}
+    assert admit([lateral], None, accept_any=True) == [lateral]
+    with pytest.raises(DataError, match="every input was refused by the input gate, this one as ViewPosition LL: lateral"):
+        admit([lateral], str(out))

@@ -10,7 +10,8 @@ frontal chest radiograph (or, for the CT bundle, not a CT):
   a colour photograph is not one) are refused.
 
 It does not yet judge what the pixels show: a grey, untagged image of another body part passes. ``accept_any``
-lets a researcher override the gate; the verdict then says so.
+lets a researcher override the gate; the verdict then says so. ``chestzoo check-image``, ``chestzoo serve``, the MONAI
+Label app and the X-ray bundles' ``inference.json`` (:func:`admit`, config key ``accept_any_image``) all ask it.
 """
 
 from __future__ import annotations
@@ -110,3 +111,37 @@ def check_file(path: str | os.PathLike, kind: str = "xray", accept_any: bool = F
     if accept_any:
         return Verdict(True, f"would be refused ({reason}), accepted because any image is accepted")
     return Verdict(False, reason)
+
+
+def admit(paths, output_dir: str | None = None, kind: str = "xray", accept_any: bool = False) -> list[str]:
+    """The files of ``paths`` the gate accepts, in order, for a bundle's inference (its ``images``).
+
+    The refused ones are logged and listed with their reasons in ``<output_dir>/refused_inputs.json``. A file the
+    gate cannot read is passed on: the bundle's reader reports it under its own ``skip_bad`` rule. When every file
+    is refused, the run stops with the first reason.
+    """
+    import json
+    import logging
+
+    from ..utils import as_bool
+
+    accepted, refused = [], []
+    for path in paths:
+        try:
+            verdict = check_file(path, kind, as_bool(accept_any))
+        except Exception:  # unreadable: not the gate's to judge; the reader names the problem
+            accepted.append(path)
+            continue
+        if verdict.accepted:
+            accepted.append(path)
+        else:
+            refused.append({"image": os.fspath(path), "reason": verdict.reason})
+            logging.getLogger(__name__).warning("%s refused: %s", path, verdict.reason)
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "refused_inputs.json"), "w") as f:
+            json.dump({"accepted": len(accepted), "refused": refused}, f, indent=2)
+    if refused and not accepted:
+        raise DataError(refused[0]["image"], f"every input was refused by the input gate, this one as {refused[0]['reason']} "
+                                             "(accept_any_image True infers anyway)")
+    return accepted
